@@ -1,0 +1,63 @@
+"""Where every stage reads and writes, under one data root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_ROOT_ENV = "PINGLLM_DATA_ROOT"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_root() -> Path:
+    """The data root: $PINGLLM_DATA_ROOT, else `var/` in the project folder."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "var"
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """The folder layout under a data root; every asset derives its paths from here."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> DataLayout:
+        return cls(default_data_root())
+
+    @property
+    def raw(self) -> Path:  # <raw>/<YYYY-MM-DD>/ping-<YYYY-MM-DD>T<HH>00.bz2
+        return self.root / "raw"
+
+    @property
+    def ground_truth(self) -> Path:  # synthetic internet's truth (npz), only for the embedded default
+        return self.root / "synth" / "ground_truth.npz"
+
+    @property
+    def measurements(self) -> Path:  # <measurements>/date=<YYYY-MM-DD>/part-0.parquet
+        return self.root / "parquet" / "measurements"
+
+    @property
+    def rejects(self) -> Path:  # <rejects>/date=<YYYY-MM-DD>.json: counts by reason + sample lines
+        return self.root / "parquet" / "rejects"
+
+    @property
+    def splits(self) -> Path:  # <splits>/{sample,train,heldout_probes,future}.parquet
+        return self.root / "splits"
+
+    @property
+    def records(self) -> Path:  # <records>/<split>/probes-XXXXX-of-YYYYY.array_record + index.parquet
+        return self.root / "records"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def mlflow(self) -> Path:  # mlflow.db (SQLite backend) + artifacts/
+        return self.root / "mlflow"
+
+    @property
+    def evaluation(self) -> Path:  # figures/*.png, metrics.json, report.md
+        return self.root / "evaluation"
