@@ -1,0 +1,1 @@
+"""Dagster definitions for pingllm: thin assets over `pingllm_core`, one module per stage."""

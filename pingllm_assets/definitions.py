@@ -1,0 +1,12 @@
+"""The pingllm asset graph: raw dumps -> measurements -> sample/splits -> records -> model -> evaluation."""
+
+import dagster as dg
+
+from pingllm_assets import evaluation, measurements, raw, records, train
+from pingllm_assets.resources import PingllmSettings
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([raw, measurements, records, train, evaluation]),
+    asset_checks=dg.load_asset_checks_from_modules([evaluation]),
+    resources={"pingllm": PingllmSettings()},
+)

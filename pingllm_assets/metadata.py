@@ -1,0 +1,40 @@
+"""Helpers that turn core results into Dagster metadata (numbers, paths, pictures)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+
+def dir_bytes(path: Path) -> int:
+    """Total size of the files under a folder (or of one file), in bytes."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def png_markdown(paths: list[Path], width: int = 640) -> dg.MetadataValue:
+    """Figures inline in the Dagster UI: PNGs embedded in a markdown metadata entry."""
+    parts = []
+    for p in paths:
+        b64 = base64.b64encode(Path(p).read_bytes()).decode()
+        parts.append(f'**{Path(p).stem}**\n\n<img src="data:image/png;base64,{b64}" width="{width}"/>\n')
+    return dg.MetadataValue.md("\n".join(parts))
+
+
+def flat_numbers(prefix: str, values: Mapping[str, Any]) -> dict[str, float | int]:
+    """Flatten a nested dict of numbers into `prefix/key` metadata entries (non-numbers dropped)."""
+    out: dict[str, float | int] = {}
+    for key, value in values.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flat_numbers(name, value))
+        elif isinstance(value, bool):
+            out[name] = int(value)
+        elif isinstance(value, int | float) and value == value:  # drop NaN: the UI cannot plot it
+            out[name] = value
+    return out

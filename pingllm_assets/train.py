@@ -1,0 +1,126 @@
+"""Stage 4: the trained checkpoint (JAX/Flax NNX, optax, orbax, Grain), tracked in MLflow."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import dagster as dg
+
+from pingllm_assets.metadata import png_markdown
+from pingllm_assets.partitions import SINGLE_RUN
+from pingllm_assets.records import probe_records
+from pingllm_assets.resources import PingllmSettings
+from pingllm_core.evaluate import unigram_cross_entropy
+from pingllm_core.figures import fig_loss_curve
+from pingllm_core.loader import LoaderConfig, iter_eval_batches, make_train_iter
+from pingllm_core.model import model_config
+from pingllm_core.tracking_mlflow import MlflowTracker
+from pingllm_core.train import TrainConfig, train
+
+CHECK_LOSS = "loss_finite_and_below_unigram"
+
+
+class TrainAssetConfig(dg.Config):
+    """Model tier, step budget and optimiser settings (SPEC section 6)."""
+
+    tier: str = "tiny"  # tiny (CI, CPU seconds) | small (~10M, laptop) | base (the study's 85M shape)
+    steps: int = 300  # optimiser steps in this materialization (total, when resuming)
+    batch_size: int = 8  # packed rows per step
+    seq_len: int = 1024  # tokens per packed row
+    lr: float = 1e-3  # peak learning rate (tiny models like it higher than the study's 1e-4)
+    warmup_steps: int = 30
+    seed: int = 0
+    loader_workers: int = 0  # Grain worker processes; 0 = in-process
+    eval_batches: int = 4  # held-out batches for the eval loss
+    run_name: str = ""  # checkpoint folder under <data root>/checkpoints; default: the tier
+    restart: bool = False  # wipe that folder first instead of resuming from it
+    init_from: str = ""  # continue from another checkpoint's weights with a fresh schedule
+
+
+@dg.asset(
+    deps=[probe_records],
+    backfill_policy=SINGLE_RUN,
+    group_name="model",
+    kinds={"jax", "mlflow"},
+    pool="training",
+    check_specs=[dg.AssetCheckSpec(CHECK_LOSS, asset="trained_model", blocking=True)],
+)
+def trained_model(
+    context: dg.AssetExecutionContext, config: TrainAssetConfig, pingllm: PingllmSettings
+) -> dg.MaterializeResult:
+    """A decoder-only transformer checkpoint trained on the train split's probe records."""
+    layout = pingllm.layout
+    run_name = config.run_name or config.tier
+    ckpt_dir = layout.checkpoints / run_name
+    if config.restart and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    model_cfg = model_config(config.tier, max_len=config.seq_len)
+    loader_cfg = LoaderConfig(
+        seq_len=config.seq_len, batch_size=config.batch_size, seed=config.seed, workers=config.loader_workers
+    )
+    train_cfg = TrainConfig(
+        steps=config.steps,
+        lr=config.lr,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        log_every=max(1, config.steps // 20),
+        ckpt_every=max(1, config.steps // 4),
+        eval_every=max(1, config.steps // 4),
+        init_from=config.init_from or None,
+    )
+    eval_batches = list(iter_eval_batches(layout.records / "heldout_probes", loader_cfg, config.eval_batches))
+    layout.mlflow.mkdir(parents=True, exist_ok=True)
+    tracker = MlflowTracker(
+        layout.mlflow_uri, experiment="pingllm", run_name=run_name, artifact_location=str(layout.mlflow_artifacts)
+    )
+    tracker.set_tags({"dagster_run_id": context.run_id, "tier": config.tier})
+    try:
+        result = train(
+            model_cfg,
+            train_cfg,
+            make_iter=lambda: make_train_iter(layout.records / "train", loader_cfg),
+            ckpt_dir=ckpt_dir,
+            tracker=tracker,
+            eval_batches=eval_batches,
+            progress=context.log.info,
+        )
+        unigram = unigram_cross_entropy(eval_batches)
+        curve = fig_loss_curve(result.history, ckpt_dir / "loss_curve.png")
+        tracker.log_artifact(curve)
+        tracker.log_metrics({"unigram_loss": unigram}, step=result.step)
+        (ckpt_dir / "mlflow_run_id.txt").write_text(tracker.run_id)
+        tracker.finish()
+    except BaseException:
+        tracker.finish(status="FAILED")
+        raise
+    final_loss = result.history[-1][1] if result.history else float("nan")
+    check_loss = result.eval_loss if result.eval_loss is not None else final_loss
+    passed = bool(math.isfinite(check_loss) and check_loss < unigram)
+    return dg.MaterializeResult(
+        metadata={
+            "checkpoint": dg.MetadataValue.path(str(ckpt_dir)),
+            "tier": config.tier,
+            "params": result.n_params,
+            "step": result.step,
+            "train_loss": float(final_loss),
+            "eval_loss": float(check_loss),
+            "unigram_loss": float(unigram),
+            "tokens_per_s": float(result.tokens_per_s),
+            "seconds": round(result.seconds, 1),
+            "mlflow_run_id": tracker.run_id,
+            "loss_curve": png_markdown([curve]),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK_LOSS,
+                passed=passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"eval_loss": float(check_loss), "unigram_loss": float(unigram)},
+                description=None if passed else (
+                    f"held-out loss {check_loss:.3f} is not finite or not below the unigram baseline "
+                    f"{unigram:.3f}: evaluation is blocked until the model beats it"
+                ),
+            )
+        ],
+    )
