@@ -28,7 +28,9 @@ def probe_records(
     cfg = RecordsConfig(max_row_bytes=config.max_row_bytes, shards=config.shards)
     meta: dict = {}
     for name in SPLITS:
-        summary = write_probe_records(layout.splits / f"{name}.parquet", layout.records / name, cfg, context.log.info)
+        summary = write_probe_records(
+            layout.splits / f"{name}.parquet", layout.records / name, cfg, context.log.info
+        )
         context.log.info(f"{name}: {summary.rows} rows, {summary.measurements} measurements")
         meta.update(flat_numbers(name, summary.__dict__))
     meta["path"] = dg.MetadataValue.path(str(layout.records))

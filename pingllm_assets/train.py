@@ -72,7 +72,10 @@ def trained_model(
     eval_batches = list(iter_eval_batches(layout.records / "heldout_probes", loader_cfg, config.eval_batches))
     layout.mlflow.mkdir(parents=True, exist_ok=True)
     tracker = MlflowTracker(
-        layout.mlflow_uri, experiment="pingllm", run_name=run_name, artifact_location=str(layout.mlflow_artifacts)
+        layout.mlflow_uri,
+        experiment="pingllm",
+        run_name=run_name,
+        artifact_location=str(layout.mlflow_artifacts),
     )
     tracker.set_tags({"dagster_run_id": context.run_id, "tier": config.tier})
     try:
@@ -117,7 +120,9 @@ def trained_model(
                 passed=passed,
                 severity=dg.AssetCheckSeverity.ERROR,
                 metadata={"eval_loss": float(check_loss), "unigram_loss": float(unigram)},
-                description=None if passed else (
+                description=None
+                if passed
+                else (
                     f"held-out loss {check_loss:.3f} is not finite or not below the unigram baseline "
                     f"{unigram:.3f}: evaluation is blocked until the model beats it"
                 ),

@@ -1,0 +1,351 @@
+"""Evaluation (SPEC section 8): the model and every baseline on the same rows, metrics, figures, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pingllm_core import figures as F
+from pingllm_core import metrics as M
+from pingllm_core import tokens as T
+from pingllm_core.baselines import fit_all_baselines
+
+LOG_FLOOR = 1e-12  # probability floor for log P of a code the pruned distribution does not hold
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How many rows each part of the evaluation uses (all drawn reproducibly from `seed`)."""
+
+    rows_per_split: int = 150  # cold-start rows per split (heldout_probes, future unseen pairs)
+    context_sizes: tuple[int, ...] = (0, 1, 2, 5, 10)  # few-shot context sizes for the error curve
+    context_rows: int = 40  # held-out rows evaluated at every context size
+    live_targets: int = 6  # pairs in the live-ping distribution grid
+    live_samples: int = 300  # samples per pair (truth and model) in that grid
+    mode_contexts: int = 24  # probe sequences for the prediction-mode accuracy figure
+    mode_length: int = 8  # measurements per such sequence
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rows_per_split <= 0 or self.context_rows <= 0:
+            raise ValueError("rows_per_split and context_rows must be positive")
+
+
+@dataclass
+class EvalResult:
+    """Numbers, figures and the report written by `evaluate`."""
+
+    metrics: dict
+    figures: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    seconds: float = 0.0
+
+
+def load_split(path: Path) -> pd.DataFrame:
+    """A split Parquet file as a DataFrame with `time` in unix seconds."""
+    df = pq.read_table(path).to_pandas()
+    df["time"] = df["event_time"].astype("int64") // 10**9 if len(df) else np.zeros(0, np.int64)
+    if len(df) and df["time"].max() > 10**12:  # pandas kept a coarser unit than ns
+        df["time"] = (df["event_time"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return df.drop(columns=["event_time"])
+
+
+def unigram_cross_entropy(batches: Iterable[dict]) -> float:
+    """Cross-entropy (nats/token) of the best unigram model on the weighted target tokens of `batches`."""
+    counts = np.zeros(T.VOCAB_SIZE)
+    for b in batches:
+        toks, w = np.asarray(b["tokens"])[:, 1:], np.asarray(b["weights"])[:, 1:]
+        counts += np.bincount(toks.ravel(), weights=w.ravel(), minlength=T.VOCAB_SIZE)
+    p = counts / max(counts.sum(), 1.0)
+    nz = p > 0
+    return float(-(p[nz] * np.log(p[nz])).sum())
+
+
+def _context(df: pd.DataFrame, row: int, k: int, timed: bool = True):
+    """The k measurements of the same source just before row `row` (df sorted by src, time)."""
+    from pingllm_core.query import make_measurements
+
+    if k == 0:
+        return None
+    src, t = df.src_addr.iat[row], df.time.iat[row]
+    prev = df.iloc[max(0, row - 4 * k) : row]
+    prev = prev[(prev.src_addr == src) & (prev.time < t)].tail(k)
+    if prev.empty:
+        return None
+    times = prev.time.to_numpy() if timed else np.full(len(prev), -1)
+    return make_measurements(
+        times.tolist(), prev.src_addr.tolist(), prev.dst_addr.tolist(), prev.rtt.tolist()
+    )
+
+
+def _score(pred, rtt: float) -> dict:
+    """Per-row numbers from one RttPrediction and the true RTT (ms, -1 failed)."""
+    values = pred.rtt_ms
+    out = {"p_fail": pred.p_fail, "median": pred.median, "failed": rtt < 0}
+    if rtt < 0:
+        out["logp"] = float(np.log(max(pred.p_fail, LOG_FLOOR)))
+        return out
+    code = int(T.encode_rtt_ms(np.array([rtt]))[0])
+    hit = pred.probs[pred.codes == code]
+    p_code = float(hit[0]) if len(hit) else 0.0
+    out["nll_code"] = -float(np.log(max(p_code, LOG_FLOOR)))
+    out["logp"] = float(np.log(max((1 - pred.p_fail) * p_code, LOG_FLOOR)))
+    probs = pred.probs[None]
+    out["crps"] = float(M.crps_discrete(values, probs, np.array([rtt]))[0])
+    out["covered80"] = M.interval_coverage(values, probs, np.array([rtt]), 0.8)
+    out["pit"] = float(M.pit_values(values, probs, np.array([rtt]), seed=len(values))[0])
+    return out
+
+
+def _model_rows(engine, df: pd.DataFrame, rows: np.ndarray, k: int, timed: bool = True) -> pd.DataFrame:
+    """Model predictions for `rows` of df with k context measurements each (time given when `timed`)."""
+    out = []
+    for r in rows:
+        ctx = _context(df, int(r), k, timed)
+        t = int(df.time.iat[r]) if timed else None
+        pred = engine.predict(df.src_addr.iat[r], df.dst_addr.iat[r], time=t, context=ctx)
+        out.append(
+            {"row": int(r), "context": 0 if ctx is None else len(ctx.rtt), **_score(pred, df.rtt.iat[r])}
+        )
+    return pd.DataFrame(out)
+
+
+def _pick(n_avail: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(n_avail, size=min(n, n_avail), replace=False)) if n_avail else np.zeros(0, int)
+
+
+def _summarise(scored: pd.DataFrame, df: pd.DataFrame, preds: dict[str, np.ndarray]) -> dict:
+    """Point metrics for the model and each baseline, distribution and failure metrics for the model."""
+    true = df.rtt.to_numpy()[scored.row.to_numpy()]
+    ok = true > 0
+    out: dict = {"rows": int(len(scored)), "failed_rows": int((~ok).sum())}
+    out["model"] = M.point_metrics(scored["median"].to_numpy()[ok], true[ok])
+    for name, p in preds.items():
+        out[name] = M.point_metrics(p[ok], true[ok])
+    good = scored[ok]
+    if len(good):
+        out["model"].update(
+            nll_code=float(good.nll_code.mean()),
+            crps=float(good.crps.mean()),
+            coverage80=float(good.covered80.mean()),
+        )
+    out["model_failure"] = M.failure_metrics(scored.p_fail.to_numpy(), ~ok)
+    if "destination_failure_rate_p" in preds:
+        out["baseline_failure"] = M.failure_metrics(preds["destination_failure_rate_p"], ~ok)
+    return out
+
+
+def evaluate(
+    engine,
+    splits_dir: Path,
+    out_dir: Path,
+    cfg: EvalConfig,
+    truth=None,
+    progress: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """Evaluate a QueryEngine against baselines on held-out probes and future unseen pairs; write figures."""
+    t0 = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    train = load_split(splits_dir / "train.parquet")
+    baselines = fit_all_baselines(train, seed=cfg.seed)
+    say(f"fitted {len(baselines)} baselines on {len(train)} train rows")
+    seen = set(zip(train.src_addr, train.dst_addr, strict=True))
+    splits = {}
+    held = load_split(splits_dir / "heldout_probes.parquet").sort_values(["src_addr", "time"], kind="stable")
+    splits["heldout_probes"] = held.reset_index(drop=True)
+    fut = load_split(splits_dir / "future.parquet").sort_values(["src_addr", "time"], kind="stable")
+    unseen = np.array([(s, d) not in seen for s, d in zip(fut.src_addr, fut.dst_addr, strict=True)], bool)
+    splits["future_unseen_pairs"] = fut[unseen].reset_index(drop=True)
+
+    metrics: dict = {"splits": {}, "by_ip_version": {}, "context": {}}
+    rel_errors: dict[str, list[np.ndarray]] = {}
+    all_scored = []
+    for name, df in splits.items():
+        if df.empty:
+            say(f"{name}: no rows to evaluate")
+            continue
+        rows = _pick(len(df), cfg.rows_per_split, rng)
+        scored = _model_rows(engine, df, rows, k=0)
+        scored["split"] = name
+        scored["ip_version"] = df.ip_version.to_numpy()[rows]
+        src, dst, tt = (df[c].to_numpy()[rows] for c in ("src_addr", "dst_addr", "time"))
+        preds = {n: b.predict(src, dst, tt) for n, b in baselines.items() if n != "destination_failure_rate"}
+        if "destination_failure_rate" in baselines:
+            preds["destination_failure_rate_p"] = baselines["destination_failure_rate"].predict_fail(
+                src, dst, tt
+            )
+        if truth is not None:
+            preds["ground_truth_median"] = truth.true_median_rtt(list(src), list(dst), tt)
+        metrics["splits"][name] = _summarise(scored, df, preds)
+        for v in (4, 6):
+            sel = scored.ip_version.to_numpy() == v
+            if sel.any():
+                sub_preds = {k: p[sel] for k, p in preds.items()}
+                metrics["by_ip_version"][f"{name}/ipv{v}"] = _summarise(scored[sel], df, sub_preds)
+        true = df.rtt.to_numpy()[rows]
+        rel_errors.setdefault("model", []).append(M.relative_errors(scored["median"].to_numpy(), true))
+        for n, p in preds.items():
+            if not n.endswith("_p"):
+                rel_errors.setdefault(n, []).append(M.relative_errors(p, true))
+        all_scored.append(scored)
+        say(f"{name}: {len(rows)} rows scored, model median rel. error "
+            f"{metrics['splits'][name]['model']['rel_p50']:.3f}")  # fmt: skip
+
+    figures = [F.fig_relative_error_cdf({k: np.concatenate(v) for k, v in rel_errors.items()},
+                                        fig_dir / "relative_error_cdf.png")]  # fmt: skip
+    scored_all = pd.concat(all_scored) if all_scored else pd.DataFrame()
+    if "pit" in scored_all:
+        figures.append(F.fig_calibration(scored_all.pit.dropna().to_numpy(), fig_dir / "calibration_pit.png"))
+    figures += _context_curve(engine, splits["heldout_probes"], cfg, rng, metrics, fig_dir, say)
+    figures += _timestamp_figure(engine, splits["heldout_probes"], cfg, rng, metrics, fig_dir)
+    figures += _live_grid(engine, splits, cfg, truth, metrics, fig_dir)
+    figures += _mode_accuracy(engine, splits["heldout_probes"], cfg, metrics, fig_dir)
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_jsonable))
+    report = _write_report(out_dir / "report.md", metrics, figures, cfg)
+    return EvalResult(metrics=metrics, figures=figures, report=report, seconds=metrics["seconds"])
+
+
+def _jsonable(x):
+    return x.item() if isinstance(x, np.generic) else str(x)
+
+
+def _context_curve(engine, df, cfg, rng, metrics, fig_dir, say) -> list[Path]:
+    """Median relative error of the model against the number of the probe's own recent measurements."""
+    ok = np.flatnonzero(df.rtt.to_numpy() > 0) if len(df) else np.zeros(0, int)
+    rows = ok[_pick(len(ok), cfg.context_rows, rng)] if len(ok) else ok
+    if not len(rows):
+        return []
+    curve = []
+    for k in cfg.context_sizes:
+        scored = _model_rows(engine, df, rows, k)
+        pm = M.point_metrics(scored["median"].to_numpy(), df.rtt.to_numpy()[rows])
+        metrics["context"][str(k)] = {**pm, "mean_context_used": float(scored.context.mean())}
+        curve.append(pm["rel_p50"])
+        say(f"context {k}: median relative error {pm['rel_p50']:.3f}")
+    return [
+        F.fig_error_vs_context(list(cfg.context_sizes), {"model": curve}, fig_dir / "error_vs_context.png")
+    ]
+
+
+def _timestamp_figure(engine, df, cfg, rng, metrics, fig_dir) -> list[Path]:
+    """Figure 1: log P(correct RTT tokens) with timestamps vs without (same rows, same context)."""
+    rows = _pick(len(df), cfg.context_rows, rng)
+    if not len(rows):
+        return []
+    k = max(cfg.context_sizes)
+    with_ts = _model_rows(engine, df, rows, k, timed=True).logp.to_numpy()
+    without = _model_rows(engine, df, rows, k, timed=False).logp.to_numpy()
+    metrics["timestamp_logp"] = {"with": float(with_ts.mean()), "without": float(without.mean())}
+    return [F.fig_timestamp_logprob(with_ts, without, fig_dir / "timestamp_logprob.png")]
+
+
+def _live_grid(engine, splits, cfg, truth, metrics, fig_dir) -> list[Path]:
+    """Figure 2: real (or freshly simulated) RTT histograms vs model samples for held-out pairs, with KL."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    df = pd.concat([d for d in splits.values() if len(d)])
+    ok = df[df.rtt > 0]
+    pairs = ok.groupby(["src_addr", "dst_addr"]).agg(n=("rtt", "size"), t=("time", "median")).reset_index()
+    pairs = pairs.sort_values(["n", "src_addr", "dst_addr"], ascending=[False, True, True]).head(
+        cfg.live_targets
+    )
+    targets, kls = [], []
+    for p in pairs.itertuples():
+        if truth is not None:
+            real = truth.sample_live(p.src_addr, p.dst_addr, int(p.t), cfg.live_samples, seed=cfg.seed)
+            real = real[real > 0]
+        else:
+            real = ok[(ok.src_addr == p.src_addr) & (ok.dst_addr == p.dst_addr)].rtt.to_numpy()
+        pred = engine.predict(p.src_addr, p.dst_addr, time=int(p.t))
+        model = rng.choice(pred.rtt_ms, size=cfg.live_samples, p=pred.probs)
+        if len(real) < 2:
+            continue
+        kls.append(M.kl_binned(real, model))
+        targets.append((f"{p.src_addr} → {p.dst_addr}", real, model))
+    if not targets:
+        return []
+    metrics["live_kl"] = {"mean": float(np.mean(kls)), "per_target": [float(k) for k in kls]}
+    return [F.fig_live_grid(targets, kls, fig_dir / "live_ping_grid.png")]
+
+
+_MODE_FIELDS = {
+    "src_ip": T.FIELD_SRC,
+    "dst_ip": T.FIELD_DST,
+    "rtt": T.FIELD_RESULT,
+    "timestamp": T.FIELD_TIME,
+}
+_MODE_GROUPS = {"src_ip": T.GROUP_SRC, "dst_ip": T.GROUP_DST, "rtt": T.GROUP_RTT, "timestamp": T.GROUP_TIME}
+
+
+def _mode_accuracy(engine, df, cfg, metrics, fig_dir) -> list[Path]:
+    """Figure 3: each field predicted last; mean P(correct token) over that field's tokens."""
+    import jax
+    import jax.numpy as jnp
+
+    groups = [g for _, g in df.groupby("src_addr", sort=True) if len(g) >= 2][: cfg.mode_contexts]
+    if not groups:
+        return []
+    table = {}
+    for name, fld in _MODE_FIELDS.items():
+        order = [f for f in (T.FIELD_SRC, T.FIELD_DST, T.FIELD_TIME, T.FIELD_RESULT) if f != fld] + [fld]
+        probs = []
+        for g in groups:
+            g = g.tail(cfg.mode_length)
+            m = T.Measurements.from_strings(g.time.to_numpy(), g.src_addr.tolist(), g.dst_addr.tolist(),
+                                            g.rtt.to_numpy())  # fmt: skip
+            toks = T.encode_measurements(
+                m, np.ones(len(g), bool), np.tile(np.array(order, np.int8), (len(g), 1))
+            )
+            toks = toks[: engine.cfg.max_len]
+            logits = engine.model(jnp.asarray(toks[None], jnp.int32))[0]
+            p = np.asarray(jax.nn.softmax(logits[:-1].astype(jnp.float32), axis=-1))
+            p_correct = p[np.arange(len(toks) - 1), toks[1:]]
+            grp = T.token_group(toks)[1:]
+            first_end = (
+                int(np.flatnonzero(toks == T.MEASUREMENT_START)[1]) if (toks == 0).sum() > 1 else len(toks)
+            )
+            pos = np.arange(1, len(toks))
+            sel = (grp == _MODE_GROUPS[name]) & (
+                pos >= first_end
+            )  # skip the first (absolute-time) measurement
+            probs.append(p_correct[sel])
+        table[name] = float(np.concatenate(probs).mean()) if probs else float("nan")
+    metrics["mode_accuracy"] = table
+    return [F.fig_mode_accuracy(table, fig_dir / "mode_accuracy.png")]
+
+
+def _write_report(path: Path, metrics: dict, figures: list[Path], cfg: EvalConfig) -> Path:
+    """A compact Markdown report: one table per split, the extra numbers, the figures."""
+    lines = ["# pingllm evaluation", "", f"Config: `{json.dumps(asdict(cfg))}`", ""]
+    for split, m in metrics["splits"].items():
+        lines += [f"## {split} ({m['rows']} rows, {m['failed_rows']} failed)", ""]
+        rows = [{"method": k, **{c: round(v, 4) for c, v in vals.items() if isinstance(v, float | int)}}
+                for k, vals in m.items() if isinstance(vals, dict) and "rel_p50" in vals]  # fmt: skip
+        lines += [F.markdown_table(rows), ""]
+        lines += [f"Failures (model): {m['model_failure']}", ""]
+        if "baseline_failure" in m:
+            lines += [f"Failures (per-destination rate): {m['baseline_failure']}", ""]
+    for key in ("context", "timestamp_logp", "live_kl", "mode_accuracy"):
+        if key in metrics:
+            lines += [
+                f"## {key}",
+                "",
+                "```",
+                json.dumps(metrics[key], indent=1, default=_jsonable),
+                "```",
+                "",
+            ]
+    lines += [f"![{p.stem}](figures/{p.name})" for p in figures]
+    path.write_text("\n".join(lines) + "\n")
+    return path
