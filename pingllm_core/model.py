@@ -1,0 +1,306 @@
+"""Decoder-only transformer (Flax NNX): pre-norm RMSNorm, RoPE, tied embeddings, packed segments, KV cache.
+
+Shape suffixes: B batch, L sequence, T new tokens, S cached keys, D d_model, H heads, K d_head, F d_mlp,
+V vocab, N layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of the transformer; the defaults are the `base` tier (SPEC section 6)."""
+
+    vocab_size: int = 267  # the fixed token language of SPEC section 4
+    d_model: int = 640  # residual stream width
+    n_layers: int = 20  # transformer blocks
+    n_heads: int = 10  # attention heads
+    d_head: int = 64  # width of one head (n_heads * d_head need not equal d_model)
+    d_mlp: int = 2048  # hidden width of the GELU MLP
+    max_len: int = 1024  # longest context the model is trained and queried on (tokens)
+    dropout: float = 0.1  # dropout rate on attention and MLP outputs, training only
+    dtype: str = "bfloat16"  # compute dtype of activations and matmuls
+    param_dtype: str = "float32"  # storage dtype of parameters (optimizer works on these)
+    rope_base: float = 10_000.0  # RoPE wavelength base
+    tie_embeddings: bool = True  # output logits reuse the input embedding matrix
+    scan_layers: bool = False  # reserved: layers are always unrolled in this version
+    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation: None/"xla"/"cudnn"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_head", "d_mlp", "max_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.d_head % 2:
+            raise ValueError(f"ModelConfig.d_head must be even for RoPE, got {self.d_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(
+                    f"ModelConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)}"
+                )
+        if self.attention_impl not in (None, "xla", "cudnn"):
+            raise ValueError(
+                f"ModelConfig.attention_impl must be None, 'xla' or 'cudnn', got {self.attention_impl}"
+            )
+        if self.scan_layers:
+            raise ValueError("ModelConfig.scan_layers=True is not implemented; layers are unrolled")
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """The jnp dtype of activations."""
+        return _DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        """The jnp dtype of parameters."""
+        return _DTYPES[self.param_dtype]
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON and tracking."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """Inverse of `to_dict`, ignoring unknown keys from newer versions."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+TIERS: dict[str, ModelConfig] = {
+    # Trains on a laptop CPU in seconds; used by tests and the embedded demo.
+    "tiny": ModelConfig(d_model=64, n_layers=2, n_heads=4, d_head=16, d_mlp=256),
+    # About 10M parameters: a useful model on CPU in hours.
+    "small": ModelConfig(d_model=320, n_layers=10, n_heads=5, d_head=64, d_mlp=1024),
+    # The study's shape, about 85M parameters.
+    "base": ModelConfig(),
+}
+
+
+def model_config(tier: str, **overrides) -> ModelConfig:
+    """The config of a named tier, with optional field overrides."""
+    if tier not in TIERS:
+        raise ValueError(f"unknown model tier {tier!r}; choose one of {sorted(TIERS)}")
+    return dataclasses.replace(TIERS[tier], **overrides)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer for the tokens decoded so far (a pytree of arrays)."""
+
+    k: jax.Array  # [N, B, S, H, K] compute dtype
+    v: jax.Array  # [N, B, S, H, K] compute dtype
+    length: jax.Array  # int32 scalar: number of filled positions
+
+
+def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding (rotate-half form), computed in float32."""
+    half = x_BxLxHxK.shape[-1] // 2
+    inv_freq_K2 = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
+    angle_BxLxK2 = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_K2
+    sin, cos = jnp.sin(angle_BxLxK2)[:, :, None, :], jnp.cos(angle_BxLxK2)[:, :, None, :]
+    x = x_BxLxHxK.astype(jnp.float32)
+    x1, x2 = x[..., :half], x[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxHxK.dtype)
+
+
+def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs, scale: float = 1.0) -> nnx.Linear:
+    init = nnx.initializers.normal(stddev=scale * d_in**-0.5)  # keeps activations O(1) at init
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=False,
+        kernel_init=init,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
+        rngs=rngs,
+    )
+
+
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    return nnx.RMSNorm(cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with RoPE; mask given by the caller."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        hk = cfg.n_heads * cfg.d_head
+        self.q = _linear(cfg.d_model, hk, cfg, rngs)
+        self.k = _linear(cfg.d_model, hk, cfg, rngs)
+        self.v = _linear(cfg.d_model, hk, cfg, rngs)
+        # Residual-branch outputs start small (GPT-2) so the stream's scale does not grow with depth.
+        self.o = _linear(hk, cfg.d_model, cfg, rngs, scale=(2 * cfg.n_layers) ** -0.5)
+
+    def qkv(self, x_BxLxD: jax.Array, positions_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Projected, rotated queries and keys and projected values, [B, L, H, K] each."""
+        b, seq, _ = x_BxLxD.shape
+        shape = (b, seq, self.cfg.n_heads, self.cfg.d_head)
+        q_BxLxHxK = rope(self.q(x_BxLxD).reshape(shape), positions_BxL, self.cfg.rope_base)
+        k_BxLxHxK = rope(self.k(x_BxLxD).reshape(shape), positions_BxL, self.cfg.rope_base)
+        return q_BxLxHxK, k_BxLxHxK, self.v(x_BxLxD).reshape(shape)
+
+    def attend(
+        self, q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mask_Bx1xTxS
+    ) -> jax.Array:
+        """Masked attention of T queries over S keys, projected back to [B, T, D]."""
+        out_BxTxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xTxS, implementation=self.cfg.attention_impl
+        )
+        b, t = out_BxTxHxK.shape[:2]
+        return self.o(out_BxTxHxK.reshape(b, t, -1))
+
+
+class Mlp(nnx.Module):
+    """Two-matrix GELU MLP."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.up = _linear(cfg.d_model, cfg.d_mlp, cfg, rngs)
+        self.down = _linear(cfg.d_mlp, cfg.d_model, cfg, rngs, scale=(2 * cfg.n_layers) ** -0.5)
+
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        """Apply the MLP."""
+        return self.down(jax.nn.gelu(self.up(x_BxLxD)))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = _norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = _norm(cfg, rngs)
+        self.mlp = Mlp(cfg, rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(self, x_BxLxD, positions_BxL, mask_Bx1xLxL, *, deterministic: bool) -> jax.Array:
+        """Full-sequence block (training and scoring)."""
+        q, k, v = self.attn.qkv(self.attn_norm(x_BxLxD), positions_BxL)
+        x_BxLxD = x_BxLxD + self.dropout(self.attn.attend(q, k, v, mask_Bx1xLxL), deterministic=deterministic)
+        return x_BxLxD + self.dropout(self.mlp(self.mlp_norm(x_BxLxD)), deterministic=deterministic)
+
+    def decode(self, x_BxTxD, positions_BxT, k_BxSxHxK, v_BxSxHxK, start, mask_Bx1xTxS):
+        """Block over T new tokens written into the layer cache at `start`; returns (x, k, v)."""
+        q, k_new, v_new = self.attn.qkv(self.attn_norm(x_BxTxD), positions_BxT)
+        k_BxSxHxK = jax.lax.dynamic_update_slice(k_BxSxHxK, k_new.astype(k_BxSxHxK.dtype), (0, start, 0, 0))
+        v_BxSxHxK = jax.lax.dynamic_update_slice(v_BxSxHxK, v_new.astype(v_BxSxHxK.dtype), (0, start, 0, 0))
+        x_BxTxD = x_BxTxD + self.attn.attend(q, k_BxSxHxK, v_BxSxHxK, mask_Bx1xTxS)
+        return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), k_BxSxHxK, v_BxSxHxK
+
+
+class Transformer(nnx.Module):
+    """Decoder-only transformer over the 267-token ping language."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            # GPT-2 scale: with tied weights this keeps initial logits near zero (loss ~ ln V).
+            embedding_init=nnx.initializers.normal(stddev=0.02),
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+            rngs=rngs,
+        )
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = _norm(cfg, rngs)
+        self.unembed = None if cfg.tie_embeddings else _linear(cfg.d_model, cfg.vocab_size, cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def _logits(self, x_BxLxD: jax.Array) -> jax.Array:
+        x_BxLxD = self.final_norm(x_BxLxD).astype(jnp.float32)
+        if self.unembed is None:
+            # Tied output in float32: V = 267 so this matmul is cheap and the softmax stays exact.
+            return x_BxLxD @ self.embed.embedding[...].astype(jnp.float32).T
+        return self.unembed(x_BxLxD).astype(jnp.float32)
+
+    def __call__(
+        self,
+        tokens_BxL: jax.Array,
+        segment_ids_BxL: jax.Array | None = None,
+        positions_BxL: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Logits [B, L, V] float32; causal within each segment (segment 0 = padding)."""
+        b, seq = tokens_BxL.shape
+        if seq > self.cfg.max_len:
+            raise ValueError(f"sequence of {seq} tokens exceeds max_len {self.cfg.max_len}")
+        if segment_ids_BxL is None:
+            segment_ids_BxL = jnp.ones((b, seq), jnp.int32)
+        if positions_BxL is None:
+            positions_BxL = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (b, seq))
+        causal_LxL = jnp.tril(jnp.ones((seq, seq), bool))
+        same_BxLxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
+        mask_Bx1xLxL = (causal_LxL[None] & same_BxLxL)[:, None]
+        x_BxLxD = self.dropout(self.embed(tokens_BxL), deterministic=deterministic)
+        for block in self.blocks:
+            x_BxLxD = block(x_BxLxD, positions_BxL, mask_Bx1xLxL, deterministic=deterministic)
+        return self._logits(x_BxLxD)
+
+    def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch` sequences of up to `max_len` tokens."""
+        max_len = max_len or self.cfg.max_len
+        shape = (self.cfg.n_layers, batch, max_len, self.cfg.n_heads, self.cfg.d_head)
+        zeros = jnp.zeros(shape, self.cfg.compute_dtype)
+        return KVCache(k=zeros, v=zeros, length=jnp.zeros((), jnp.int32))
+
+    def decode(self, tokens_BxT: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Append T tokens after the cached ones; logits [B, T, V] float32 and the new cache (no dropout).
+
+        Writing past the cache's capacity is not checked under jit (dynamic_update_slice clamps), so the
+        caller keeps length + T <= max_len.
+        """
+        b, t = tokens_BxT.shape
+        s = cache.k.shape[2]
+        start = cache.length
+        positions_BxT = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+        # Query i (absolute position start+i) sees every key at position <= start+i.
+        mask_TxS = jnp.arange(s)[None, :] <= (start + jnp.arange(t))[:, None]
+        mask_Bx1xTxS = jnp.broadcast_to(mask_TxS, (b, 1, t, s))
+        x_BxTxD = self.embed(tokens_BxT)
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            x_BxTxD, k, v = block.decode(x_BxTxD, positions_BxT, cache.k[i], cache.v[i], start, mask_Bx1xTxS)
+            ks.append(k)
+            vs.append(v)
+        new_cache = KVCache(k=jnp.stack(ks), v=jnp.stack(vs), length=start + t)
+        return self._logits(x_BxTxD), new_cache
+
+
+@nnx.jit
+def decode_jit(model: Transformer, tokens_BxT: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Jitted `model.decode` (retraces once per distinct T and cache shape)."""
+    return model.decode(tokens_BxT, cache)
+
+
+@nnx.jit
+def forward_jit(model: Transformer, tokens_BxL, segment_ids_BxL=None, positions_BxL=None) -> jax.Array:
+    """Jitted deterministic forward pass."""
+    return model(tokens_BxL, segment_ids_BxL, positions_BxL, deterministic=True)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def abstract_params(cfg: ModelConfig) -> int:
+    """Parameter count of a config without allocating it (jax.eval_shape)."""
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    return count_params(abstract)
+
+
+if __name__ == "__main__":
+    for name, tier_cfg in TIERS.items():
+        print(f"{name:6s} {abstract_params(tier_cfg):>12,d} params")

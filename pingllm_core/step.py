@@ -1,0 +1,128 @@
+"""Pure training-step pieces (loss, optimizer, jitted sharded step): jax, flax and optax only.
+
+Kept apart from `train.py` so `benchmarks/train_step.py` runs on a bare GPU host without orbax or grain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from pingllm_core.model import ModelConfig, Transformer
+
+Batch = dict[str, Any]  # {"tokens", "segment_ids", "positions"} int32 [B, L], "weights" float32 [B, L]
+BATCH_KEYS = ("tokens", "segment_ids", "positions", "weights")
+
+
+def lr_schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> optax.Schedule:
+    """Linear warmup from 0 to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`."""
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=lr * min_lr_ratio,
+    )
+
+
+def make_tx(
+    schedule: optax.Schedule, *, weight_decay: float, grad_clip: float, b1: float, b2: float
+) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW."""
+    return optax.chain(
+        optax.clip_by_global_norm(grad_clip),
+        optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay),
+    )
+
+
+def weighted_xent(logits_BxLxV: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """(sum of weighted next-token NLL, sum of weights): tokens[:, 1:] from logits[:, :-1], float32."""
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV[:, :-1].astype(jnp.float32))
+    target_BxL = batch["tokens"][:, 1:]
+    nll_BxL = -jnp.take_along_axis(logp_BxLxV, target_BxL[..., None], axis=-1)[..., 0]
+    w_BxL = batch["weights"][:, 1:].astype(jnp.float32)
+    return jnp.sum(nll_BxL * w_BxL), jnp.sum(w_BxL)
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+    """A 1-axis "data" mesh over all (or the first `num_devices`) global devices."""
+    devices = jax.devices() if num_devices is None else jax.devices()[:num_devices]
+    # Auto axis: XLA's partitioner propagates the batch sharding through the model (no explicit-sharding types).
+    return jax.make_mesh(
+        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
+def init_states(
+    model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, mesh: jax.sharding.Mesh
+) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any]:
+    """(model graphdef, optimizer graphdef, model state, opt state), initialised replicated on the mesh."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def build():
+        model = Transformer(model_cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    model, opt = build()
+    model_def, model_state = nnx.split(model)
+    opt_def, opt_state = nnx.split(opt)
+    # Params are replicated (pure data parallel): each device holds a full copy.
+    model_state, opt_state = jax.device_put((model_state, opt_state), replicated)
+    return model_def, opt_def, model_state, opt_state
+
+
+def make_train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
+    """The jitted step ((model_state, opt_state), batch) -> ((model_state, opt_state), metrics); donates state."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    def step(states, batch: Batch):
+        model = nnx.merge(model_def, states[0])
+        opt = nnx.merge(opt_def, states[1])
+
+        def loss_fn(model: Transformer):
+            logits = model(batch["tokens"], batch["segment_ids"], batch["positions"], deterministic=False)
+            nll_sum, w_sum = weighted_xent(logits, batch)
+            return nll_sum / jnp.maximum(w_sum, 1.0), w_sum
+
+        (loss, w_sum), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        opt.update(model, grads)
+        metrics = {"loss": loss, "weighted_tokens": w_sum, "grad_norm": optax.global_norm(grads)}
+        return (nnx.state(model), nnx.state(opt)), metrics
+
+    return jax.jit(
+        step,
+        in_shardings=(replicated, data),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(model_def: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
+    """The jitted eval step (model_state, batch) -> (nll_sum, weight_sum), deterministic."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    def step(model_state, batch: Batch):
+        model = nnx.merge(model_def, model_state)
+        logits = model(batch["tokens"], batch["segment_ids"], batch["positions"], deterministic=True)
+        return weighted_xent(logits, batch)
+
+    return jax.jit(step, in_shardings=(replicated, data), out_shardings=replicated)
+
+
+def put_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Batch:
+    """Host batch (this process's rows) to a global array sharded on axis 0 over the "data" mesh axis."""
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    out = {}
+    for key in BATCH_KEYS:
+        dtype = np.float32 if key == "weights" else np.int32
+        out[key] = jax.make_array_from_process_local_data(data, np.asarray(batch[key], dtype))
+    return out

@@ -1,0 +1,53 @@
+"""Behaviour of the trackers: in-memory recording and a real MLflow SQLite backend round trip."""
+
+from mlflow import MlflowClient
+
+from pingllm_core.tracking import ListTracker, NullTracker, Tracker
+from pingllm_core.tracking_mlflow import MlflowTracker, local_tracking_uri
+
+
+def test_list_tracker_keeps_params_metrics_artifacts_tags_and_status(tmp_path):
+    t = ListTracker()
+    t.log_params({"lr": 0.1})
+    t.log_metrics({"loss": 2.0, "lr": 0.1}, step=1)
+    t.log_metrics({"loss": 1.5}, step=2)
+    t.log_artifact(tmp_path / "fig.png", "figures")
+    t.set_tags({"tier": "tiny"})
+    t.finish("FAILED")
+    assert t.params == {"lr": 0.1}
+    assert t.series("loss") == [(1, 2.0), (2, 1.5)]
+    assert t.artifacts == [(tmp_path / "fig.png", "figures")]
+    assert (t.tags, t.status) == ({"tier": "tiny"}, "FAILED")
+
+
+def test_backends_satisfy_the_tracker_protocol():
+    assert isinstance(NullTracker(), Tracker) and isinstance(ListTracker(), Tracker)
+
+
+def test_mlflow_tracker_round_trips_through_a_sqlite_backend(tmp_path):
+    tracker = MlflowTracker.local(tmp_path, experiment="pingllm-test", run_name="tiny-1")
+    tracker.log_params({"model.d_model": 64, "train.init_from": None, **{f"p{i}": i for i in range(150)}})
+    tracker.log_metrics({"loss": 3.5, "lr": 1e-3}, step=10)
+    tracker.log_metrics({"loss": 2.5}, step=20)
+    artifact = tmp_path / "model_config.json"
+    artifact.write_text('{"d_model": 64}')
+    tracker.log_artifact(artifact, "checkpoint")
+    tracker.set_tags({"tier": "tiny"})
+    tracker.finish()
+
+    client = MlflowClient(tracking_uri=local_tracking_uri(tmp_path))
+    run = client.get_run(tracker.run_id)
+    assert run.data.params["model.d_model"] == "64" and run.data.params["p149"] == "149"
+    assert run.data.params["train.init_from"] == "None"
+    assert run.data.tags["tier"] == "tiny" and run.info.status == "FINISHED"
+    history = client.get_metric_history(tracker.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(10, 3.5), (20, 2.5)]
+    assert [f.path for f in client.list_artifacts(tracker.run_id, "checkpoint")] == [
+        "checkpoint/model_config.json"
+    ]
+    local = client.download_artifacts(tracker.run_id, "checkpoint/model_config.json", str(tmp_path / "dl"))
+    assert open(local).read() == '{"d_model": 64}'
+    assert (tmp_path / "mlflow" / "artifacts").is_dir()
+    # A second run reuses the experiment.
+    again = MlflowTracker.local(tmp_path, experiment="pingllm-test", run_name="tiny-2")
+    assert again.experiment_id == tracker.experiment_id and again.run_id != tracker.run_id

@@ -1,0 +1,138 @@
+"""Behaviour of the training loop: learning, exact resume, warm start, NaN stop, data parallel, loading."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import grain
+import numpy as np
+import pytest
+
+from pingllm_core.model import forward_jit, model_config
+from pingllm_core.tracking import ListTracker, NullTracker
+from pingllm_core.train import TrainConfig, load_checkpoint, synthetic_batches, train
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = model_config("tiny")
+BATCHES = synthetic_batches(16, 4, 64, seed=0)
+
+
+def _make_iter(batches=BATCHES):
+    """A checkpointable Grain iterator over a repeating stream of synthetic batches."""
+    return lambda: iter(grain.MapDataset.source(batches).repeat().to_iter_dataset())
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(steps=12, lr=3e-3, warmup_steps=2, log_every=4, ckpt_every=4, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+class Killed(Exception):
+    pass
+
+
+def test_tiny_model_learns_and_starts_at_uniform_loss(tmp_path):
+    tracker = ListTracker()
+    lines = []
+    result = train(
+        CFG, _cfg(steps=40, ckpt_every=40), _make_iter(), tmp_path, tracker, BATCHES[:2], lines.append
+    )
+    losses = [loss for _, loss in result.history]
+    assert [s for s, _ in result.history] == list(range(1, 41))
+    assert losses[0] == pytest.approx(math.log(267), abs=0.15)
+    assert np.mean(losses[-5:]) < losses[0] - 1.0
+    assert result.eval_loss is not None and result.eval_loss < losses[0] - 1.0
+    assert result.tokens_per_s > 0 and result.n_params == tracker.params["n_params"]
+    assert lines[-1].startswith("step 40/40 loss ") and " tok/s " in lines[-1] and " ETA " in lines[-1]
+    assert [s for s, _ in tracker.series("loss")] == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    assert tracker.series("eval_loss")[-1][1] == pytest.approx(result.eval_loss)
+    assert json.loads((tmp_path / "model_config.json").read_text())["d_model"] == CFG.d_model
+    assert json.loads((tmp_path / "train_config.json").read_text())["steps"] == 40
+    # The saved weights reproduce the final eval loss offline.
+    model, cfg, step = load_checkpoint(tmp_path)
+    assert (cfg, step) == (CFG, 40)
+    b = BATCHES[0]
+    logits = np.asarray(forward_jit(model, b["tokens"], b["segment_ids"], b["positions"]))
+    logp = logits[:, :-1] - np.log(np.exp(logits[:, :-1]).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, b["tokens"][:, 1:, None], -1)[..., 0]
+    w = b["weights"][:, 1:]
+    assert (nll * w).sum() / w.sum() < losses[0] - 1.0
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    full = train(CFG, _cfg(), _make_iter(), tmp_path / "a", NullTracker())
+
+    def kill_at_8(line: str) -> None:
+        if line.startswith("step 8/"):
+            raise Killed(line)
+
+    with pytest.raises(Killed):
+        train(CFG, _cfg(), _make_iter(), tmp_path / "b", NullTracker(), progress=kill_at_8)
+    tracker = ListTracker()
+    resumed = train(CFG, _cfg(), _make_iter(), tmp_path / "b", tracker)
+    assert resumed.resumed_from == 8 and tracker.tags["resumed_from"] == "8"
+    assert [s for s, _ in resumed.history] == [9, 10, 11, 12]
+    want = [loss for s, loss in full.history if s > 8]
+    got = [loss for _, loss in resumed.history]
+    # Distinct batches each step: a wrong data position or optimizer state would change these losses.
+    assert len({round(x, 4) for x in want}) == 4
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # A finished run is not retrained.
+    again = train(CFG, _cfg(), _make_iter(), tmp_path / "b", NullTracker())
+    assert again.resumed_from == 12 and again.history == []
+
+
+def test_warm_start_from_another_checkpoint_uses_its_weights_and_a_new_schedule(tmp_path):
+    first = train(CFG, _cfg(steps=30, ckpt_every=30), _make_iter(), tmp_path / "a", NullTracker())
+    lines = []
+    cont = _cfg(steps=6, init_from=str(tmp_path / "a"), lr=1e-3, warmup_steps=0, log_every=1)
+    second = train(CFG, cont, _make_iter(), tmp_path / "b", NullTracker(), progress=lines.append)
+    assert second.resumed_from is None and second.step == 6
+    assert second.history[0][1] < first.history[0][1] - 1.0  # starts trained, not from ln V
+    assert any("lr 1.0e-03" in line for line in lines if line.startswith("step 1/"))
+
+
+def test_nan_loss_stops_with_the_step_and_saves_no_checkpoint(tmp_path):
+    bad = [dict(b) for b in BATCHES[:4]]
+    bad[2]["weights"] = np.full_like(bad[2]["weights"], np.nan)
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        train(CFG, _cfg(ckpt_every=3), _make_iter(bad), tmp_path, NullTracker())
+    assert not (tmp_path / "3").exists()
+
+
+def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
+    script = textwrap.dedent(f"""
+        import json, sys, grain
+        from pathlib import Path
+        import jax
+        from pingllm_core.model import model_config
+        from pingllm_core.tracking import NullTracker
+        from pingllm_core.train import TrainConfig, synthetic_batches, train
+        assert len(jax.devices()) == 2, jax.devices()
+        batches = synthetic_batches(4, 4, 32)
+        make = lambda: iter(grain.MapDataset.source(batches).repeat().to_iter_dataset())
+        out = {{}}
+        for n in (1, 2):
+            cfg = TrainConfig(steps=3, lr=3e-3, warmup_steps=1, ckpt_every=3, num_devices=n)
+            r = train(model_config("tiny"), cfg, make, Path({str(tmp_path)!r}) / str(n), NullTracker())
+            out[n] = [loss for _, loss in r.history]
+        print("RESULT", json.dumps(out))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    np.testing.assert_allclose(out["2"], out["1"], rtol=2e-3)
+
+
+def test_invalid_train_config_is_rejected():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="ckpt_every"):
+        TrainConfig(ckpt_every=0)
