@@ -1,7 +1,5 @@
 """Stage 5: evaluation of the trained model against baselines: metrics, figures, report, MLflow."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from pingllm_assets.metadata import flat_numbers, png_markdown
@@ -10,7 +8,7 @@ from pingllm_assets.resources import PingllmSettings
 from pingllm_assets.train import TrainAssetConfig, trained_model
 from pingllm_core.evaluate import EvalConfig, evaluate
 from pingllm_core.query import QueryEngine
-from pingllm_core.tracking_mlflow import MlflowTracker
+from pingllm_core.tracking_mlflow import MlflowTracker, local_tracking_uri
 
 
 class EvalAssetConfig(dg.Config):
@@ -47,7 +45,7 @@ def evaluation(
     result = evaluate(engine, layout.splits, layout.evaluation, cfg, truth=truth, progress=context.log.info)
     run_id_file = ckpt_dir / "mlflow_run_id.txt"
     if run_id_file.exists():  # figures and numbers join the training run in MLflow
-        tracker = MlflowTracker.resume(layout.mlflow_uri, run_id_file.read_text().strip())
+        tracker = MlflowTracker.resume(local_tracking_uri(layout.root), run_id_file.read_text().strip())
         tracker.log_metrics(flat_numbers("eval", result.metrics["splits"]), step=0)
         for path in [*result.figures, result.report, layout.evaluation / "metrics.json"]:
             tracker.log_artifact(path, artifact_path="evaluation")

@@ -1,7 +1,5 @@
 """Stage 2: dumps parsed to the measurement Parquet table, then a DuckDB sample and its splits."""
 
-from __future__ import annotations
-
 import datetime as dt
 import json
 

@@ -1,7 +1,5 @@
 """Helpers that turn core results into Dagster metadata (numbers, paths, pictures)."""
 
-from __future__ import annotations
-
 import base64
 from collections.abc import Mapping
 from pathlib import Path

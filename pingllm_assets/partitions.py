@@ -1,7 +1,5 @@
 """Daily partitions over the configured window: one partition = one day of hourly dump files."""
 
-from __future__ import annotations
-
 import datetime as dt
 
 import dagster as dg

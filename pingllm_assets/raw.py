@@ -1,7 +1,5 @@
 """Stage 1: raw hourly ping dumps, from RIPE Atlas over HTTP or from the embedded synthetic internet."""
 
-from __future__ import annotations
-
 import datetime as dt
 import time
 

@@ -1,7 +1,5 @@
 """Stage 3: probe-centric ArrayRecord rows for each split (SPEC section 3)."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from pingllm_assets.measurements import splits

@@ -1,7 +1,5 @@
 """The one resource every asset shares: project settings (data root, source, days)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import dagster as dg

@@ -1,7 +1,5 @@
 """Stage 4: the trained checkpoint (JAX/Flax NNX, optax, orbax, Grain), tracked in MLflow."""
 
-from __future__ import annotations
-
 import math
 import shutil
 
@@ -70,13 +68,7 @@ def trained_model(
         init_from=config.init_from or None,
     )
     eval_batches = list(iter_eval_batches(layout.records / "heldout_probes", loader_cfg, config.eval_batches))
-    layout.mlflow.mkdir(parents=True, exist_ok=True)
-    tracker = MlflowTracker(
-        layout.mlflow_uri,
-        experiment="pingllm",
-        run_name=run_name,
-        artifact_location=str(layout.mlflow_artifacts),
-    )
+    tracker = MlflowTracker.local(layout.root, experiment="pingllm", run_name=run_name)
     tracker.set_tags({"dagster_run_id": context.run_id, "tier": config.tier})
     try:
         result = train(

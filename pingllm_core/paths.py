@@ -59,13 +59,5 @@ class DataLayout:
         return self.root / "mlflow"
 
     @property
-    def mlflow_uri(self) -> str:  # the embedded tracking backend: SQLite in the data root
-        return f"sqlite:///{self.mlflow / 'mlflow.db'}"
-
-    @property
-    def mlflow_artifacts(self) -> Path:
-        return self.mlflow / "artifacts"
-
-    @property
     def evaluation(self) -> Path:  # figures/*.png, metrics.json, report.md
         return self.root / "evaluation"

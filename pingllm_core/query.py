@@ -1,0 +1,407 @@
+"""The query engine: RTT distributions, P(failure) and ranking from a trained checkpoint (SPEC section 7).
+
+Prompts put the known fields first and the asked field last: context measurements (field order Src Dst
+Time Result, timestamped where they have a time), then `<MeasurementStart> Src Dst [Time]`, then the
+result is read from the model. Every distribution is the model's softmax restricted to the tokens the
+grammar (`tokens.GrammarState`) allows at that position and to the field asked for, renormalised.
+The shared prefix is run once into a KV cache; branches (byte-2 given byte-1, candidates) reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pingllm_core import tokens as T
+from pingllm_core.model import KVCache, ModelConfig, Transformer
+from pingllm_core.query_context import (  # noqa: F401  (re-exported: the query API in one place)
+    FIELD_ORDER,
+    NO_TIME,
+    Prompt,
+    QueryError,
+    as_measurements,
+    build_prompt,
+    concat,
+    is_public,
+    load_context,
+    make_measurements,
+    parse_ip,
+    parse_time,
+    take,
+)
+from pingllm_core.query_decode import cascade_jit, extend_jit
+
+MIN_BRANCH_PROB = 1e-4  # byte-1 values below this mass are not expanded (their mass is dropped, renormalised)
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
+_CHUNK = 512  # rows per batched decode call (bounds the KV-cache copy: rows x layers x cache x width)
+_EPS = 1e-9  # tolerance on cumulative probabilities when locating a quantile
+_ALL_RTT_MS = T.decode_rtt_code(np.arange(65536))  # value of every RTT code, ms
+_BUCKET_LO = _ALL_RTT_MS.reshape(256, 256).min(axis=1)  # value range of each byte-1 (high byte) bucket
+_BUCKET_HI = _ALL_RTT_MS.reshape(256, 256).max(axis=1)
+
+
+def quantile_key(q: float) -> str:
+    """Name of a quantile level: 0.1 -> 'p10', 0.999 -> 'p99.9'."""
+    return f"p{q * 100:g}"
+
+
+def discrete_quantile(values: np.ndarray, probs: np.ndarray, q: float) -> float:
+    """Smallest value whose cumulative probability reaches q (values sorted ascending, probs sum to 1)."""
+    idx = int(np.searchsorted(np.cumsum(probs), q - _EPS, side="left"))
+    return float(values[min(idx, len(values) - 1)])
+
+
+@dataclasses.dataclass(frozen=True)
+class RttPrediction:
+    """Predicted outcome of one ping: P(failure) and the RTT distribution given success."""
+
+    src: str
+    dst: str
+    time: int | None  # unix s of the query, None when asked without a time
+    p_fail: float  # P(<Failed>) / (P(<Failed>) + P(<RttStart>)) at the result position
+    codes: np.ndarray  # uint16[k]: RTT codes with mass, sorted by RTT
+    probs: np.ndarray  # float64[k]: P(code | success); sums to 1
+    quantile_levels: tuple[float, ...] = DEFAULT_QUANTILES
+    warnings: tuple[str, ...] = ()
+    context_used: int = 0  # context measurements in the prompt
+    context_dropped: int = 0  # oldest context measurements dropped to fit max_len
+
+    @property
+    def rtt_ms(self) -> np.ndarray:
+        """RTT of each code, ms."""
+        return T.decode_rtt_code(self.codes)
+
+    def quantile(self, q: float) -> float:
+        """RTT quantile given success, ms."""
+        return discrete_quantile(self.rtt_ms, self.probs, q)
+
+    @property
+    def median(self) -> float:
+        """The point prediction: median RTT given success, ms."""
+        return self.quantile(0.5)
+
+    @property
+    def quantiles(self) -> dict[str, float]:
+        """Quantiles at `quantile_levels`, ms, keyed 'p10', 'p50', ..."""
+        return {quantile_key(q): self.quantile(q) for q in self.quantile_levels}
+
+    @property
+    def mean(self) -> float:
+        """Mean RTT given success, ms."""
+        return float(np.dot(self.rtt_ms, self.probs))
+
+    def to_dict(self, with_distribution: bool = True) -> dict:
+        """JSON-ready dict (the distribution as parallel lists of rtt_ms and prob)."""
+        out = {
+            "src": self.src,
+            "dst": self.dst,
+            "time": self.time,
+            "p_fail": self.p_fail,
+            "median_ms": self.median,
+            "mean_ms": self.mean,
+            "quantiles_ms": self.quantiles,
+            "context_used": self.context_used,
+            "context_dropped": self.context_dropped,
+            "warnings": list(self.warnings),
+        }
+        if with_distribution:
+            out["distribution"] = {"rtt_ms": self.rtt_ms.tolist(), "prob": self.probs.tolist()}
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedDestination:
+    """One ranked candidate: lower median (or higher P(rtt <= threshold)) ranks first."""
+
+    dst: str
+    score: float  # median ms for by="median"; P(success and rtt <= threshold) for by="p_below"
+    median: float  # median RTT given success, ms
+    p_fail: float
+
+
+def _restricted(logp_BxV: np.ndarray, allowed_V: np.ndarray) -> np.ndarray:
+    """Probabilities over the allowed tokens only (renormalised), zeros elsewhere; float64."""
+    lp = np.where(allowed_V, np.asarray(logp_BxV, np.float64), -np.inf)
+    lp = lp - lp.max(axis=-1, keepdims=True)
+    p = np.exp(lp)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _bucket(n: int, least: int = 8) -> int:
+    """Padded size: a power of two, at least `least`, so that jit compiles a handful of shapes."""
+    return max(least, 1 << (int(n) - 1).bit_length())
+
+
+class QueryEngine:
+    """Answers queries from a trained transformer, offline; see the module docstring for prompt layout."""
+
+    def __init__(self, model: Transformer, cfg: ModelConfig | None = None, *, compute_dtype: str = "float32"):
+        cfg = cfg or model.cfg
+        # Queries run in float32 by default: bf16 matmuls are slow on CPU and probabilities want precision.
+        self.cfg = dataclasses.replace(cfg, dtype=compute_dtype, dropout=0.0)
+        abstract = nnx.eval_shape(lambda: Transformer(self.cfg, rngs=nnx.Rngs(0)))
+        self._graphdef, _ = nnx.split(abstract)
+        self._state = nnx.state(model)
+        self.model = nnx.merge(self._graphdef, self._state)  # same weights, query-time numerics
+
+    def _extend(self, state, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax.Array, KVCache]:
+        return extend_jit(self._graphdef, state, cache, rows_B, tokens_BxT)
+
+    @classmethod
+    def load(cls, ckpt_dir: str | Path, compute_dtype: str = "float32") -> QueryEngine:
+        """Load the newest checkpoint in `ckpt_dir` (offline)."""
+        from pingllm_core.train import load_checkpoint  # heavy imports only when loading from disk
+
+        path = Path(ckpt_dir)
+        if not (path / "model_config.json").exists():
+            raise QueryError(f"{str(path)!r} is not a checkpoint folder (no model_config.json)")
+        model, cfg, _ = load_checkpoint(path)
+        return cls(model, cfg, compute_dtype=compute_dtype)
+
+    # ---- KV-cache primitives -------------------------------------------------------------------------------
+    def prefill(self, prompt_L: np.ndarray, extra: int) -> tuple[np.ndarray, KVCache]:
+        """Run the prompt once into a batch-1 cache with room for `extra` more tokens; log-probs of the next.
+
+        The cache length is a power of two and the prompt goes in pieces of 512, 64, 8 and 1 tokens, so that
+        a few compiled shapes serve every prompt length (at most 7 calls per piece size).
+        """
+        cache = self.model.init_cache(1, _bucket(len(prompt_L) + extra, 32))
+        rows, start, logp = jnp.zeros(1, jnp.int32), 0, None
+        for size in (512, 64, 8, 1):
+            while len(prompt_L) - start >= size:
+                piece = jnp.asarray(prompt_L[None, start : start + size])
+                logp, cache = self._extend(self._state, cache, rows, piece)
+                start += size
+        return np.asarray(logp[0]), cache
+
+    def extend(self, cache: KVCache, rows: np.ndarray, tokens_BxT: np.ndarray) -> tuple[np.ndarray, KVCache]:
+        """Rows `rows` of `cache` continued by `tokens_BxT` (one call, padded); log-probs after the last token."""
+        n = len(rows)
+        pad = _bucket(n) - n
+        rows_p = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
+        toks_p = np.concatenate([tokens_BxT, np.repeat(tokens_BxT[:1], pad, axis=0)]).astype(np.int32)
+        logp, cache = self._extend(self._state, cache, jnp.asarray(rows_p), jnp.asarray(toks_p))
+        return np.asarray(logp)[:n], cache
+
+    def cascade(
+        self,
+        prefix: KVCache,
+        own: tuple[jax.Array, jax.Array] | None,
+        rows: np.ndarray,
+        tokens_BxT: np.ndarray,
+    ) -> tuple[np.ndarray, tuple[jax.Array, jax.Array]]:
+        """Rows continuing a shared batch-1 prefix cache (plus their own cached tokens `own`): log-probs at
+        every new position [B, T, V] and the rows' own keys/values (padded rows at the end)."""
+        if own is None:
+            shape = (self.cfg.n_layers, 1, 0, self.cfg.n_heads, self.cfg.d_head)
+            own = (jnp.zeros(shape, self.cfg.compute_dtype), jnp.zeros(shape, self.cfg.compute_dtype))
+        n = len(rows)
+        pad = _bucket(n) - n
+        rows_p = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
+        toks_p = np.concatenate([tokens_BxT, np.repeat(tokens_BxT[:1], pad, axis=0)]).astype(np.int32)
+        logp, k, v = cascade_jit(
+            self._graphdef, self._state, prefix, *own, jnp.asarray(rows_p), jnp.asarray(toks_p)
+        )
+        return np.asarray(logp)[:n], (k, v)
+
+    def _byte2(self, prefix: KVCache, own, rows: np.ndarray, b1: np.ndarray) -> np.ndarray:
+        """Log-probs of RTT byte 2 after (row's `<RttStart>`, byte 1 `b1`), in chunks of _CHUNK rows."""
+        out = [self.cascade(prefix, own, rows[j : j + _CHUNK], (T.BYTE0 + b1[j : j + _CHUNK])[:, None])[0][:, 0]
+               for j in range(0, len(rows), _CHUNK)]  # fmt: skip
+        return np.concatenate(out) if out else np.zeros((0, T.VOCAB_SIZE), np.float32)
+
+    # ---- prompts -------------------------------------------------------------------------------------------
+    def build_prompt(
+        self, query: T.Measurements, query_has_time: bool, context: T.Measurements | None, reserve: int,
+        order: Sequence[int] = FIELD_ORDER, cut: int = 1,
+    ) -> Prompt:  # fmt: skip
+        """`query_context.build_prompt` for this model's max_len."""
+        return build_prompt(query, query_has_time, context, self.cfg.max_len, reserve, order, cut)
+
+    @staticmethod
+    def grammar(prompt_L: np.ndarray) -> T.GrammarState:
+        """Grammar state after the prompt (raises if the prompt itself is invalid)."""
+        state = T.GrammarState()
+        for tok in prompt_L.tolist():
+            state.advance(tok)
+        return state
+
+    @staticmethod
+    def _query(src: str, dst: str, time) -> tuple[T.Measurements, bool, list[str]]:
+        """The query measurement (placeholder failed result), whether it is timed, and input warnings."""
+        s, _ = parse_ip(src, "source")
+        d, _ = parse_ip(dst, "destination")
+        warnings = [f"{a} is not a public address; the model was trained on public addresses only"
+                    for a in dict.fromkeys((s, d)) if not is_public(a)]  # fmt: skip
+        t = None if time is None else parse_time(time)
+        return make_measurements([NO_TIME if t is None else t], [s], [d], [-1.0]), t is not None, warnings
+
+    # ---- result distribution -------------------------------------------------------------------------------
+    def _result_distribution(
+        self, logp_res_BxV: np.ndarray, logp1_BxV: np.ndarray, state: T.GrammarState,
+        expand_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], full: bool,
+        targets: Sequence[tuple[str, float]] = (),
+    ) -> list[tuple[float, np.ndarray, np.ndarray]]:  # fmt: skip
+        """(p_fail, codes, probs) per row, from the log-probs at the Result position and after `<RttStart>`.
+
+        `expand_fn(rows, byte1)` gives the log-probs of byte 2 after (row, `<RttStart>`, byte 1), batched.
+        With `full`, every byte-1 bucket with mass >= MIN_BRANCH_PROB is expanded (the whole distribution);
+        otherwise only the buckets that can hold the requested `targets` (("q", level) quantiles and
+        ("t", ms) thresholds). That is exact for those targets because each bucket's value range is known:
+        a bucket wholly below or above every target enters as one atom at its lowest value.
+        """
+        allowed = state.allowed()
+        if not (allowed[T.FAILED] and allowed[T.RTT_START]):
+            raise RuntimeError("the prompt does not end right before a Result field")
+        # P(failure) renormalised over the two outcomes: the grammar also allows a Timestamp field or the
+        # reserved <ThroughputStart> here, which are not outcomes of a ping.
+        outcome = _restricted(logp_res_BxV, np.isin(np.arange(T.VOCAB_SIZE), [T.FAILED, T.RTT_START]))
+        p_fail = outcome[:, T.FAILED]
+        st = state.copy()
+        st.advance(T.RTT_START)
+        p1 = _restricted(logp1_BxV, st.allowed())[:, T.BYTE0 :]  # grammar: canonical high bytes only
+        p1 = np.where(p1 >= MIN_BRANCH_PROB, p1, 0.0)
+        p1 /= p1.sum(axis=1, keepdims=True)
+        expand = p1 > 0 if full else self._needed_buckets(p1, targets)
+        row_idx, b1 = np.nonzero(expand)
+        p2 = _restricted(expand_fn(row_idx, b1), np.arange(T.VOCAB_SIZE) >= T.BYTE0)[:, T.BYTE0 :]
+        out = []
+        for r in range(len(p1)):
+            mine = np.flatnonzero(row_idx == r)
+            codes = (b1[mine, None].astype(np.int64) * 256 + np.arange(256)).reshape(-1)
+            probs = (p1[r, b1[mine], None] * p2[mine]).reshape(-1)
+            if not full:
+                rest = np.flatnonzero((p1[r] > 0) & ~expand[r])
+                lowest = np.argmin(_ALL_RTT_MS.reshape(256, 256)[rest], axis=1)
+                codes = np.concatenate([codes, rest * 256 + lowest])
+                probs = np.concatenate([probs, p1[r, rest]])
+            keep = probs > 0
+            codes, probs = codes[keep], probs[keep]
+            order = np.lexsort((codes, _ALL_RTT_MS[codes]))
+            out.append((float(p_fail[r]), codes[order].astype(np.uint16), probs[order] / probs.sum()))
+        return out
+
+    @staticmethod
+    def _needed_buckets(p1_Bx256: np.ndarray, targets: Sequence[tuple[str, float]]) -> np.ndarray:
+        """bool[B, 256]: byte-1 buckets whose value range can contain a target quantile or threshold."""
+        need = np.zeros(p1_Bx256.shape, bool)
+        has = p1_Bx256 > 0
+        by_lo, by_hi = np.argsort(_BUCKET_LO, kind="stable"), np.argsort(_BUCKET_HI, kind="stable")
+        for kind, value in targets:
+            if kind == "t":  # the buckets straddling the threshold
+                need |= has & (_BUCKET_LO <= value) & (_BUCKET_HI > value)
+                continue
+            # The quantile lies in [v_lo, v_hi]: v_lo where the CDF's upper bound (bucket at its lowest value)
+            # reaches q, v_hi where its lower bound (bucket at its highest value) does.
+            i_lo = (np.cumsum(p1_Bx256[:, by_lo], axis=1) >= value - _EPS).argmax(axis=1)
+            i_hi = (np.cumsum(p1_Bx256[:, by_hi], axis=1) >= value - _EPS).argmax(axis=1)
+            v_lo, v_hi = _BUCKET_LO[by_lo][i_lo][:, None], _BUCKET_HI[by_hi][i_hi][:, None]
+            need |= has & (_BUCKET_LO <= v_hi) & (_BUCKET_HI >= v_lo)
+        return need
+
+    # ---- public queries ------------------------------------------------------------------------------------
+    def predict(
+        self, src: str, dst: str, time=None, context=None, quantiles: Sequence[float] = DEFAULT_QUANTILES
+    ) -> RttPrediction:
+        """RTT distribution and P(failure) for one (src, dst[, time]) with optional context measurements."""
+        levels = tuple(float(q) for q in quantiles)
+        if not levels or any(not 0.0 < q < 1.0 for q in levels):
+            raise QueryError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
+        query, has_time, warnings = self._query(src, dst, time)
+        prompt = self.build_prompt(query, has_time, as_measurements(context), reserve=3)
+        logp, prefix = self.prefill(prompt.tokens, extra=0)
+        logp1, own = self.cascade(prefix, None, np.zeros(1, np.int32), np.array([[T.RTT_START]]))
+
+        state = self.grammar(prompt.tokens)
+        byte2 = functools.partial(self._byte2, prefix, own)  # all branches batched on the shared prefix
+        ((p_fail, codes, probs),) = self._result_distribution(
+            logp[None], logp1[:, 0], state, byte2, full=True
+        )
+        s, d = T.bytes_to_ip(
+            np.concatenate([query.src, query.dst]), np.concatenate([query.src_v6, query.dst_v6])
+        )
+        return RttPrediction(
+            s, d, int(query.time[0]) if has_time else None, p_fail, codes, probs, levels,
+            tuple(warnings + prompt.warnings), prompt.context_used, prompt.context_dropped,
+        )  # fmt: skip
+
+    def rank(
+        self, src: str, candidates: Sequence[str], time=None, context=None, by: str = "median",
+        threshold_ms: float | None = None, progress: Callable[[str], None] | None = None,
+    ) -> list[RankedDestination]:  # fmt: skip
+        """Rank candidate destinations for a source, batched over candidates sharing the prefix's KV cache.
+
+        by="median": ascending median RTT; by="p_below": descending P(success and rtt <= threshold_ms).
+        Ties are broken by the address text, so the order is deterministic. Duplicates are ranked once.
+        """
+        if by not in ("median", "p_below"):
+            raise QueryError(f"rank by must be 'median' or 'p_below', got {by!r}")
+        if by == "p_below" and (threshold_ms is None or threshold_ms <= 0):
+            raise QueryError("ranking by p_below needs a positive threshold_ms")
+        cands = sorted({parse_ip(c, "candidate")[0] for c in candidates})
+        if not cands:
+            raise QueryError("no candidate destinations given")
+        ctx = as_measurements(context)
+        addr, v6 = T.ip_to_bytes(cands)
+        targets = [("q", 0.5)] + ([("t", float(threshold_ms))] if by == "p_below" else [])
+        results: list[RankedDestination] = []
+        for fam in (False, True):  # one shared prefix per address family: context, <MS> Src <DstIPvX>
+            idx = np.flatnonzero(v6 == fam)
+            if not len(idx):
+                continue
+            query, has_time, _ = self._query(src, cands[idx[0]], time)
+            prompt = self.build_prompt(query, has_time, ctx, reserve=3)
+            split = prompt.query_start + 1 + (17 if query.src_v6[0] else 5) + 1
+            nbytes = 16 if fam else 4
+            time_toks = prompt.tokens[split + nbytes :]  # the same for every candidate
+            prefix = self.prefill(prompt.tokens[:split], extra=0)[1]
+            suffix = np.concatenate([T.BYTE0 + addr[idx, :nbytes].astype(np.int32), np.tile(time_toks, (len(idx), 1)),
+                                     np.full((len(idx), 1), T.RTT_START, np.int32)], 1)  # fmt: skip
+            state = self.grammar(prompt.tokens)
+            for i in range(0, len(idx), _CHUNK):
+                part = idx[i : i + _CHUNK]
+                # One call gives the Result log-probs (before <RttStart>) and byte 1 (after it) for the chunk.
+                logp, own = self.cascade(prefix, None, np.zeros(len(part), np.int32), suffix[i : i + _CHUNK])
+                byte2 = functools.partial(self._byte2, prefix, own)
+                dists = self._result_distribution(
+                    logp[:, -2], logp[:, -1], state, byte2, full=False, targets=targets
+                )
+                for j, (p_fail, codes, probs) in zip(part, dists, strict=True):
+                    values = _ALL_RTT_MS[codes]
+                    median = discrete_quantile(values, probs, 0.5)
+                    score = (
+                        median
+                        if by == "median"
+                        else (1 - p_fail) * float(probs[values <= threshold_ms].sum())
+                    )
+                    results.append(RankedDestination(cands[j], score, median, p_fail))
+                if progress:
+                    progress(f"ranked {min(i + _CHUNK, len(idx))}/{len(idx)} IPv{6 if fam else 4} candidates")
+        sign = 1.0 if by == "median" else -1.0
+        return sorted(results, key=lambda r: (sign * r.score, r.dst))
+
+    # ---- inverse queries (query_inverse.py) ----------------------------------------------------------------
+    def likely_destinations(self, src: str, rtt_ms_range, n: int = 10, context=None) -> list:
+        """Most likely destinations for a source and an RTT (or range); see query_inverse."""
+        from pingllm_core import query_inverse
+
+        return query_inverse.likely_destinations(self, src, rtt_ms_range, n, context)
+
+    def likely_timestamp(self, src: str, dst: str, rtt_ms: float, context, k: int = 5) -> list:
+        """Top-k times of a measurement after a timestamped context; see query_inverse."""
+        from pingllm_core import query_inverse
+
+        return query_inverse.likely_timestamp(self, src, dst, rtt_ms, context, k)
+
+    def counterpart(self, src: str, context=None, n: int = 5) -> list:
+        """Likely address of the same probe in the other family; see query_inverse."""
+        from pingllm_core import query_inverse
+
+        return query_inverse.counterpart(self, src, context, n)
