@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 # The demo window: the synthetic internet's default days (settings.py); a range runs in one Dagster run.
 DEMO_RANGE ?= 2024-07-01...2024-07-02
 
-.PHONY: install demo test dev mlflow-ui lint clean
+.PHONY: install browser demo test dev mlflow-ui lint clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,16 @@ install: $(BIN)/activate
 	mkdir -p $(DAGSTER_HOME)
 	ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
+# Headless Chromium for the browser test of the Dagster UI (Playwright drives Debian's package; no browser
+# download). Idempotent: installs only when /usr/bin/chromium is missing (CI runs as root).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 demo: install
 	$(BIN)/dagster asset materialize -m pingllm_assets.definitions --select '*' --partition-range $(DEMO_RANGE)
 	@echo "Done. Outputs under var/; run history: make dev (http://127.0.0.1:3000)"
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -1,15 +1,23 @@
 """Loader throughput: tokens per CPU-second of the Grain loader vs the seed's pure-Python tokenizer.
 
-Both run in this process, one core, on the same probe rows: the loader reads ArrayRecord rows, samples
-windows and modes, tokenizes and packs; the seed baseline gets the same rows already decoded to Python
-tuples (generous to it) and samples, tokenizes and pads one measurement at a time.
+Both run in this process, one core, on the same probe rows, and both count real (non-padding) tokens:
 
-    python benchmarks/loader.py [--measurements 300000] [--batches 100]
+- the loader reads its ArrayRecord rows, decodes them, samples windows and modes, tokenizes and packs;
+- the seed baseline does what the seed project did: it reads the same rows from an ArrayRecord file in
+  the seed's storage form (a row = the probe's measurements as (unix s, src string, dst string, rtt)
+  tuples, pickled: the cheapest stdlib decoding, so generous to it), decodes them, samples windows and
+  modes with `random`, and tokenizes one measurement at a time (`ipaddress.ip_address` per address,
+  `struct.pack`, Python lists, `random.shuffle` of fields), padding one context per row.
+
+Writing either record format is preparation and is not timed; reading and decoding rows is timed for both.
+
+    python benchmarks/loader.py [--measurements 300000] [--batches 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import random
 import sys
 import tempfile
@@ -23,7 +31,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import grain  # noqa: E402
 import seed_tokenizer  # noqa: E402
+from array_record.python.array_record_module import ArrayRecordWriter  # noqa: E402
 
 from pingllm_core import loader, records, tokens  # noqa: E402
 
@@ -86,15 +96,17 @@ def bench_loader(rec_dir: Path, cfg: loader.LoaderConfig, batches: int) -> dict:
     return {"real": real, "slots": slots, "cpu": cpu, "wall": wall}
 
 
-def bench_seed(rows: list[list[seed_tokenizer.Meas]], seq_len: int, min_tokens: int) -> dict:
-    """The same for the seed tokenizer, until it has produced at least min_tokens real tokens."""
+def bench_seed(seed_rows: Path, seq_len: int, min_tokens: int) -> dict:
+    """The same for the seed pipeline (read + decode rows, then per-measurement Python), until min_tokens."""
+    source = grain.sources.ArrayRecordDataSource([str(seed_rows)])
+    order = np.random.default_rng(0).permutation(len(source)).tolist()
     rng = random.Random(0)
     real = n_rows = 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     i = 0
     while real < min_tokens:
-        meas = rows[i % len(rows)]
-        # The seed used a fixed ~25 measurements per 1024-token context as its window target.
+        meas: list[seed_tokenizer.Meas] = pickle.loads(source[order[i % len(order)]])
+        # The seed used a fixed ~64 measurements per 1024-token context as its window target.
         ctxs = seed_tokenizer.row_contexts(meas, rng, seq_len, target=max(1, seq_len * 5 // 4 // 20))
         padded = seed_tokenizer.pad_rows(ctxs, seq_len)
         real += sum(len(c) for c in ctxs)
@@ -104,12 +116,12 @@ def bench_seed(rows: list[list[seed_tokenizer.Meas]], seq_len: int, min_tokens: 
     return {"real": real, "slots": n_rows * seq_len, "cpu": cpu, "wall": wall}
 
 
-def rows_as_python(rec_dir: Path, order: np.ndarray) -> list[list[seed_tokenizer.Meas]]:
-    """Probe rows as lists of (time, src, dst, rtt) tuples, the seed's input form (untimed preparation)."""
+def rows_as_python(rec_dir: Path) -> list[list[seed_tokenizer.Meas]]:
+    """Every probe row as a list of (time, src, dst, rtt) tuples with address strings (the seed's form)."""
     src = records.ProbeRecordSource(rec_dir)
     out = []
-    for i in order:
-        m = src[int(i)].measurements()
+    for i in range(len(src)):
+        m = src[i].measurements()
         out.append(
             list(
                 zip(
@@ -122,6 +134,16 @@ def rows_as_python(rec_dir: Path, order: np.ndarray) -> list[list[seed_tokenizer
             )
         )
     return out
+
+
+def write_seed_rows(rows: list[list[seed_tokenizer.Meas]], path: Path) -> None:
+    """The same probe rows in the seed's storage form: one pickled list of tuples per ArrayRecord record."""
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    try:
+        for row in rows:
+            writer.write(pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL))
+    finally:
+        writer.close()
 
 
 def check_seed_language(rows: list[list[seed_tokenizer.Meas]]) -> None:
@@ -138,7 +160,7 @@ def main() -> None:
     """Build records from a synthetic split, time loader and seed, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measurements", type=int, default=300_000)
-    ap.add_argument("--batches", type=int, default=100)
+    ap.add_argument("--batches", type=int, default=1000)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
@@ -155,10 +177,12 @@ def main() -> None:
         )
         cfg = loader.LoaderConfig(seq_len=args.seq_len, batch_size=args.batch_size, read_threads=0)
         ours = bench_loader(tmp / "rec", cfg, args.batches)
-        order = np.random.default_rng(0).permutation(summary.rows)
-        py_rows = rows_as_python(tmp / "rec", order)
+        py_rows = rows_as_python(tmp / "rec")
         check_seed_language(py_rows)
-        seed = bench_seed(py_rows, args.seq_len, min_tokens=max(ours["real"] // 4, 500_000))
+        write_seed_rows(py_rows, tmp / "seed_rows.array_record")
+        seed = bench_seed(
+            tmp / "seed_rows.array_record", args.seq_len, min_tokens=max(ours["real"] // 8, 500_000)
+        )
     header = f"{'pipeline':<34}{'real tok/s/core':>16}{'slots/s/core':>14}{'fill':>7}{'cores@600k':>12}{'speedup':>9}"
     print(header)
     print("-" * len(header))

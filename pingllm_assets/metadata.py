@@ -15,12 +15,15 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def png_markdown(paths: list[Path], width: int = 640) -> dg.MetadataValue:
-    """Figures inline in the Dagster UI: PNGs embedded in a markdown metadata entry."""
+def png_markdown(paths: list[Path]) -> dg.MetadataValue:
+    """Figures inline in the Dagster UI: PNGs embedded in a markdown metadata entry.
+
+    Markdown image syntax, not <img> tags: the UI's sanitizer strips raw HTML images.
+    """
     parts = []
     for p in paths:
         b64 = base64.b64encode(Path(p).read_bytes()).decode()
-        parts.append(f'**{Path(p).stem}**\n\n<img src="data:image/png;base64,{b64}" width="{width}"/>\n')
+        parts.append(f"**{Path(p).stem}**\n\n![{Path(p).stem}](data:image/png;base64,{b64})\n")
     return dg.MetadataValue.md("\n".join(parts))
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pingllm_core import figures as F
 from pingllm_core import metrics as M
 from pingllm_core import tokens as T
-from pingllm_core.baselines import fit_all_baselines
+from pingllm_core.baselines import fit_all_baselines, to_unix_seconds
 
 LOG_FLOOR = 1e-12  # probability floor for log P of a code the pruned distribution does not hold
 
@@ -51,10 +51,8 @@ class EvalResult:
 def load_split(path: Path) -> pd.DataFrame:
     """A split Parquet file as a DataFrame with `time` in unix seconds."""
     df = pq.read_table(path).to_pandas()
-    df["time"] = df["event_time"].astype("int64") // 10**9 if len(df) else np.zeros(0, np.int64)
-    if len(df) and df["time"].max() > 10**12:  # pandas kept a coarser unit than ns
-        df["time"] = (df["event_time"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    return df.drop(columns=["event_time"])
+    df["time"] = to_unix_seconds(df["event_time"].to_numpy())
+    return df
 
 
 def unigram_cross_entropy(batches: Iterable[dict]) -> float:
@@ -128,7 +126,8 @@ def _summarise(scored: pd.DataFrame, df: pd.DataFrame, preds: dict[str, np.ndarr
     out: dict = {"rows": int(len(scored)), "failed_rows": int((~ok).sum())}
     out["model"] = M.point_metrics(scored["median"].to_numpy()[ok], true[ok])
     for name, p in preds.items():
-        out[name] = M.point_metrics(p[ok], true[ok])
+        if not name.endswith("_p"):
+            out[name] = M.point_metrics(p[ok], true[ok])
     good = scored[ok]
     if len(good):
         out["model"].update(
@@ -137,8 +136,9 @@ def _summarise(scored: pd.DataFrame, df: pd.DataFrame, preds: dict[str, np.ndarr
             coverage80=float(good.covered80.mean()),
         )
     out["model_failure"] = M.failure_metrics(scored.p_fail.to_numpy(), ~ok)
-    if "destination_failure_rate_p" in preds:
-        out["baseline_failure"] = M.failure_metrics(preds["destination_failure_rate_p"], ~ok)
+    for name, p in preds.items():
+        if name.endswith("_p"):  # a failure baseline's P(failure)
+            out[f"{name[:-2]}_failure"] = M.failure_metrics(p, ~ok)
     return out
 
 
@@ -165,6 +165,8 @@ def evaluate(
     held = load_split(splits_dir / "heldout_probes.parquet").sort_values(["src_addr", "time"], kind="stable")
     splits["heldout_probes"] = held.reset_index(drop=True)
     fut = load_split(splits_dir / "future.parquet").sort_values(["src_addr", "time"], kind="stable")
+    splits["future"] = fut.reset_index(drop=True)
+    # The time-clean comparison on pairs train never saw (empty when every probe keeps fixed targets).
     unseen = np.array([(s, d) not in seen for s, d in zip(fut.src_addr, fut.dst_addr, strict=True)], bool)
     splits["future_unseen_pairs"] = fut[unseen].reset_index(drop=True)
 
@@ -334,8 +336,9 @@ def _write_report(path: Path, metrics: dict, figures: list[Path], cfg: EvalConfi
                 for k, vals in m.items() if isinstance(vals, dict) and "rel_p50" in vals]  # fmt: skip
         lines += [F.markdown_table(rows), ""]
         lines += [f"Failures (model): {m['model_failure']}", ""]
-        if "baseline_failure" in m:
-            lines += [f"Failures (per-destination rate): {m['baseline_failure']}", ""]
+        for key in m:
+            if key.endswith("_failure") and key != "model_failure":
+                lines += [f"Failures ({key[: -len('_failure')]}): {m[key]}", ""]
     for key in ("context", "timestamp_logp", "live_kl", "mode_accuracy"):
         if key in metrics:
             lines += [

@@ -1,11 +1,16 @@
 """Per-row context sampling for the training loader (SPEC section 5): windows, timestamp modes, tokens.
 
-Pure numpy, driven only by the `np.random.Generator` it is given, so Grain's per-index seeding makes
-every context reproducible from (seed, epoch, index).
+All K contexts of a row are sampled and encoded together: one generator call per kind of draw (modes,
+windows, subsamples, shuffles, field orders) across all contexts, and one vectorised encoder pass that
+first computes every measurement's token count, cuts each context after its last whole measurement in
+seq_len and only then writes the tokens of the measurements that are kept. There is no Python loop per
+context or per measurement. Pure numpy, driven only by the `np.random.Generator` it is given, so Grain's
+per-index seeding makes every context reproducible from (seed, epoch, index).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +31,54 @@ _EST_SAMPLE = 512  # measurements sampled to estimate a large row's tokens per m
 # Draw this many times the estimated count: a window richer in IPv4 or failures than the row's average
 # still fills the context; the surplus is cut at the last whole measurement.
 _OVERSHOOT = 1.25
+_DRAW_FACTOR, _DRAW_EXTRA = 1.7, 8  # draws with replacement per distinct pick (see _subsample)
+
+# ---------------------------------------------------------------------------------------------- layouts
+# A measurement's tokens are a gather from its "value row" of _VW int16 columns:
+#   0 <MeasurementStart> | 1..17 src marker + 16 bytes | 18..34 dst marker + 16 bytes
+#   35..37 result marker + 2 RTT bytes | 38..46 time marker + up to 8 bytes
+# Which columns, in which order, depends only on the layout: field order (24 permutations) x src family x
+# dst family x failed x time kind (none / abs / delta1 / delta4) = 768 layouts, tabulated once.
+_COL = {tokens.FIELD_SRC: 1, tokens.FIELD_DST: 18, tokens.FIELD_RESULT: 35, tokens.FIELD_TIME: 38}
+_VW = 47  # value-row width = the longest measurement (1 + 17 + 17 + 3 + 9)
+_TK_NONE, _TK_ABS, _TK_D1, _TK_D4 = 0, 1, 2, 3
+_TIME_LEN = np.array([0, 9, 2, 5], np.int64)
+_TIME_MARKER = np.array([0, tokens.TIMESTAMP_ABS, tokens.TIMESTAMP_DELTA1, tokens.TIMESTAMP_DELTA4], np.int16)
+# Right shifts that put byte j of the big-endian value in the low byte, per time kind (unused ones are 0).
+_TIME_SHIFT = np.array(
+    [[0] * 8, [56, 48, 40, 32, 24, 16, 8, 0], [0] * 8, [24, 16, 8, 0, 0, 0, 0, 0]], np.int64
+)
+PERMS = np.array(list(itertools.permutations(range(4))), np.int8)  # int8[24, 4] field orders
+_PERM_OF_CODE = np.full(256, -1, np.int64)  # base-4 code of a field order -> its row in PERMS
+_PERM_OF_CODE[PERMS.astype(np.int64) @ np.array([64, 16, 4, 1])] = np.arange(24)
+
+
+def _layout_tables() -> tuple[np.ndarray, np.ndarray]:
+    cols = np.zeros((768, _VW), np.int64)
+    lens = np.zeros(768, np.int64)
+    for layout in range(768):
+        tk, failed, dst6, src6, perm = (
+            layout & 3,
+            (layout >> 2) & 1,
+            (layout >> 3) & 1,
+            (layout >> 4) & 1,
+            layout >> 5,
+        )
+        flen = {
+            tokens.FIELD_SRC: 17 if src6 else 5,
+            tokens.FIELD_DST: 17 if dst6 else 5,
+            tokens.FIELD_RESULT: 1 if failed else 3,
+            tokens.FIELD_TIME: int(_TIME_LEN[tk]),
+        }
+        c = [0] + [_COL[f] + j for f in PERMS[perm] for j in range(flen[int(f)])]
+        cols[layout, : len(c)] = c
+        lens[layout] = len(c)
+    return cols, lens
+
+
+_LAYOUT_COLS, _LAYOUT_LEN = _layout_tables()
+_LAYOUT_OFF = np.cumsum(_LAYOUT_LEN) - _LAYOUT_LEN  # each layout's columns, concatenated in _FLAT_COLS
+_FLAT_COLS = _LAYOUT_COLS[np.arange(_VW) < _LAYOUT_LEN[:, None]]
 
 
 @dataclass
@@ -44,81 +97,238 @@ def contexts_per_row(n: int, meas_per_k: int, max_contexts: int) -> int:
 
 def base_tokens_per_meas(row: ProbeRow, rng: np.random.Generator) -> float:
     """Mean tokens per measurement without the timestamp field (exact for small rows, sampled for big ones)."""
-    idx = np.arange(row.n) if row.n <= _EST_SAMPLE else rng.integers(0, row.n, _EST_SAMPLE)
+    if row.n <= _EST_SAMPLE:
+        m, src6, dst6, rtt = (
+            row.n,
+            row.src_table_v6[row.src_index],
+            row.dst_table_v6[row.dst_rows(slice(None))],
+            row.rtt,
+        )
+    else:
+        idx = rng.integers(0, row.n, _EST_SAMPLE)
+        m, src6, dst6, rtt = (
+            _EST_SAMPLE,
+            row.src_table_v6[row.src_index[idx]],
+            row.dst_table_v6[row.dst_rows(idx)],
+            row.rtt[idx],
+        )
     # <MeasurementStart> 1; address field = marker + 4 or 16 bytes; result = <RttStart>+2 or <Failed>.
-    src6 = row.src_table_v6[row.src_index[idx]].mean()
-    dst6 = row.dst_table_v6[row.dst_rows(idx)].mean()
-    ok = (row.rtt[idx] >= 0).mean()
-    return float(1 + (5 + 12 * src6) + (5 + 12 * dst6) + (1 + 2 * ok))
+    v6 = np.count_nonzero(src6) + np.count_nonzero(dst6)
+    ok = np.count_nonzero(rtt >= 0)
+    return float(1 + 5 + 5 + 1 + (12 * v6 + 2 * ok) / m)
 
 
-def target_measurements(seq_len: int, base: float, time_share: float) -> int:
-    """Measurements needed to (over)fill seq_len tokens, counting timestamps at their cheapest."""
-    per_meas = base + _DELTA_TIME_TOKENS * time_share
-    return max(1, math.ceil(_OVERSHOOT * (seq_len - _ABS_TIME_TOKENS * (time_share > 0)) / per_meas))
+def target_measurements(seq_len: int, base: float, time_share: np.ndarray) -> np.ndarray:
+    """Measurements needed to (over)fill seq_len tokens, counting timestamps at their cheapest (per context)."""
+    share = np.asarray(time_share, np.float64)
+    need = _OVERSHOOT * (seq_len - _ABS_TIME_TOKENS * (share > 0)) / (base + _DELTA_TIME_TOKENS * share)
+    return np.maximum(1, np.ceil(need)).astype(np.int64)
 
 
-def sample_window(time: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
-    """Time-ordered indices: a log-uniform time window of a large row, subsampled to `target`."""
-    n = len(time)
-    if n <= target:
-        return np.arange(n)
+def _segment_starts(sizes: np.ndarray) -> np.ndarray:
+    return np.cumsum(sizes) - sizes
+
+
+def _windows(time: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """[a, b) per context: a log-uniform time window of a large row (the whole row when it is small)."""
+    n, k = len(time), len(target)
+    a, b = np.zeros(k, np.int64), np.full(k, n, np.int64)
+    big = target < n
+    if not big.any():
+        return a, b
     span = float(time[-1] - time[0])
+    r = rng.random((2, k))
     if span > 0:
         # From the window that holds `target` measurements on average up to the whole row, log-uniform.
-        w_min = span * target / n
-        w = math.exp(rng.uniform(math.log(w_min), math.log(span))) if w_min < span else span
-        t0 = time[0] + rng.uniform(0.0, span - w)
-        a, b = np.searchsorted(time, [t0, t0 + w], side="left")
-        b = max(b, a + 1)
-    else:
-        a, b = 0, n
-    if b - a < target:
-        # Too sparse a window: widen it around its centre to exactly `target` measurements.
-        a = int(np.clip((a + b - target) // 2, 0, n - target))
-        b = a + target
-    if b - a == target:
-        return np.arange(a, b)
-    return a + np.sort(rng.choice(b - a, size=target, replace=False))
+        lo = np.log(span * target[big] / n)
+        w = np.exp(lo + r[0, big] * (math.log(span) - lo))
+        t0 = time[0] + r[1, big] * (span - w)
+        # Times are whole seconds: the first time >= x is the first time >= ceil(x); search as integers.
+        ab = np.searchsorted(time, np.ceil(np.concatenate([t0, t0 + w])).astype(time.dtype), side="left")
+        m = len(t0)
+        a[big], b[big] = ab[:m], np.maximum(ab[m:], ab[:m] + 1)
+    # Too sparse a window: widen it around its centre to exactly `target` measurements.
+    sparse = big & (b - a < target)
+    a[sparse] = np.clip((a[sparse] + b[sparse] - target[sparse]) // 2, 0, n - target[sparse])
+    b[sparse] = a[sparse] + target[sparse]
+    return a, b
 
 
-def order_for_mode(
-    idx: np.ndarray, mode: int, mixed_keep: tuple[float, float], rng: np.random.Generator
+def _subsample(a: np.ndarray, b: np.ndarray, target: np.ndarray, rng: np.random.Generator):
+    """Uniform subsets of min(target, b - a) positions of each window [a, b), in order, all contexts at once.
+
+    Returns (positions int64[N], context of each position int64[N], count per context). A window of at
+    most `target` is taken whole. Otherwise p positions are picked without replacement (p = target to
+    keep; p = W - target to drop when that is fewer) as the first p distinct values of a stream of
+    uniform draws with replacement; that is exactly sampling without replacement. The stream holds
+    1.7 p + 8 draws; the rare context whose stream has too few distinct values uses `rng.choice`.
+    """
+    k = len(a)
+    width = b - a
+    counts = np.minimum(width, target)
+    if (width <= target).all():  # every window whole (small rows)
+        ctx = np.repeat(np.arange(k), width)
+        return np.arange(len(ctx)) - (np.cumsum(width) - width)[ctx] + a[ctx], ctx, counts
+    drop = width < 2 * target  # cheaper to pick the ones to drop (including nothing to drop)
+    picks = np.where(drop, np.maximum(width - target, 0), target)
+    draws = np.where(picks > 0, np.ceil(_DRAW_FACTOR * picks).astype(np.int64) + _DRAW_EXTRA, 0)
+    dctx = np.repeat(np.arange(k), draws)
+    dstart = _segment_starts(draws)
+    r = (rng.random(len(dctx)) * width[dctx]).astype(np.int64)
+    # One integer sort of (context, value, draw number) finds each value's first draw (np.unique with
+    # return_index would need a stable argsort: several times slower on these sizes).
+    bl, bw = int(draws.max()).bit_length(), int(width.max()).bit_length()
+    if (k - 1).bit_length() + bw + bl > 62:
+        raise ValueError(f"row too large to subsample: {k} contexts, window {width.max()}")
+    local = np.arange(len(dctx)) - dstart[dctx]
+    key = np.sort((((dctx << bw) | r) << bl) | local)
+    val = key >> bl
+    head = np.ones(len(key), bool)
+    head[1:] = val[1:] != val[:-1]
+    uniq, draw_of = val[head], dstart[val[head] >> bw] + (key[head] & ((1 << bl) - 1))
+    is_first = np.zeros(len(dctx), bool)
+    is_first[draw_of] = True
+    seen = np.cumsum(is_first)  # distinct values seen so far, in draw order
+    before = np.concatenate([[0], seen])[dstart]  # ... before each context's stream
+    uctx = uniq >> bw
+    chosen = seen[draw_of] - before[uctx] <= picks[uctx]  # among the first `picks` distinct draws
+    cctx, cval = uctx[chosen], uniq[chosen] & ((1 << bw) - 1)
+    short = np.flatnonzero(np.bincount(cctx, minlength=k) < picks)
+    if len(short):  # too few distinct draws (rare): exact fallback for those contexts
+        ok = ~np.isin(cctx, short)
+        extra = [rng.choice(width[c], picks[c], replace=False) for c in short]
+        cctx = np.concatenate([cctx[ok], np.repeat(short, picks[short])])
+        cval = np.concatenate([cval[ok], *extra])
+        o = np.lexsort((cval, cctx))
+        cctx, cval = cctx[o], cval[o]
+    if not drop.any():
+        return cval + a[cctx], cctx, counts
+    # Whole windows (dropping the chosen ones) for `drop` contexts, chosen values for the others.
+    wsize = np.where(drop, width, 0)
+    wstart = _segment_starts(wsize)
+    wctx = np.repeat(np.arange(k), wsize)
+    wpos = np.arange(len(wctx)) - wstart[wctx]
+    mask = np.ones(len(wctx), bool)
+    dsel = drop[cctx]
+    mask[wstart[cctx[dsel]] + cval[dsel]] = False
+    pctx = np.concatenate([wctx[mask], cctx[~dsel]])
+    ppos = np.concatenate([wpos[mask], cval[~dsel]]) + a[pctx]
+    if not drop.all():  # merge the two kinds back into context order
+        key = np.sort((pctx << 40) | ppos)
+        pctx, ppos = key >> 40, key & ((1 << 40) - 1)
+    return ppos, pctx, counts
+
+
+def _segment_shuffle(ctx: np.ndarray, which: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Permutation that shuffles the `which` elements within each context (others keep their order).
+
+    One integer sort of (context, random bits, index); random bits are 0 where `which` is False.
+    """
+    n = len(ctx)
+    bn, bc = max(n.bit_length(), 1), max(int(ctx[-1]).bit_length(), 1) if n else 1
+    rbits = 62 - bn - bc
+    r = (rng.bit_generator.random_raw(n) >> np.uint64(64 - rbits)).astype(np.int64) * which
+    key = (((ctx << rbits) | r) << bn) | np.arange(n)
+    return np.sort(key) & ((1 << bn) - 1)
+
+
+def _order_for_modes(
+    pos: np.ndarray,
+    ctx: np.ndarray,
+    counts: np.ndarray,
+    mode: np.ndarray,
+    mixed_keep: tuple[float, float],
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(measurement order, has_time) for a time-ordered selection under a timestamp mode."""
-    m = len(idx)
-    if mode == MODE_FULL:
-        return idx, np.ones(m, bool)
-    if mode == MODE_NONE:
-        return rng.permutation(idx), np.zeros(m, bool)
-    n_keep = int(np.clip(round(rng.uniform(*mixed_keep) * m), 1, max(1, m - 1)))
-    keep = np.zeros(m, bool)
-    keep[rng.choice(m, size=n_keep, replace=False)] = True
-    # Timed measurements keep their time order in random slots; the untimed ones fill the rest, shuffled.
-    slots = np.zeros(m, bool)
-    slots[rng.choice(m, size=n_keep, replace=False)] = True
-    order = np.empty_like(idx)
-    order[slots] = idx[keep]
-    order[~slots] = rng.permutation(idx[~keep])
+    """(measurement order, has_time) of all contexts from their time-ordered selections.
+
+    full: time order, all timestamped. none: shuffled, no timestamps. mixed: a uniform share in
+    mixed_keep of the measurements keep timestamps and time order in uniformly random slots; the
+    others fill the remaining slots, shuffled.
+    """
+    starts = _segment_starts(counts)
+    emode = mode[ctx]
+    shuffled = emode != MODE_FULL
+    if not shuffled.any():
+        return pos, np.ones(len(pos), bool)
+    perm = _segment_shuffle(ctx, shuffled, rng)  # shuffle within none/mixed contexts, keep full ones
+    has_time = emode == MODE_FULL
+    mixed = emode == MODE_MIXED
+    if mixed.any():
+        n_keep = np.clip(
+            np.rint(rng.uniform(*mixed_keep, len(counts)) * counts), 1, np.maximum(1, counts - 1)
+        )
+        o = _segment_shuffle(ctx, mixed, rng)
+        rank = np.empty(len(pos), np.int64)
+        rank[o] = np.arange(len(pos)) - starts[ctx[o]]
+        has_time |= mixed & (rank < n_keep[ctx])
+    order = pos[perm]
+    slots = has_time[perm]
+    order[slots] = pos[has_time]  # timestamped ones back in time order, in the slots they landed in
     return order, slots
 
 
-def _plan_context(
-    row: ProbeRow, rng: np.random.Generator, cfg: LoaderConfig, base: float
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """(mode, measurement order, has_time) of one context: mode draw, window, timestamp order."""
-    u = rng.random()  # cheaper than rng.choice(p=...), which dominates for tiny draws
-    mode = (
-        MODE_FULL
-        if u < cfg.mode_probs[0]
-        else MODE_NONE
-        if u < cfg.mode_probs[0] + cfg.mode_probs[1]
-        else MODE_MIXED
-    )
-    time_share = (1.0, 0.0, sum(cfg.mixed_keep) / 2)[mode]
-    idx = sample_window(row.time, target_measurements(cfg.seq_len, base, time_share), rng)
-    order, has_time = order_for_mode(idx, mode, cfg.mixed_keep, rng)
-    return mode, order, has_time
+# --------------------------------------------------------------------------------------------- encoding
+
+
+def _addr_blocks(addr: np.ndarray, v6: np.ndarray, tok4: int, tok6: int) -> np.ndarray:
+    """int16[n, 17] field blocks: family marker + 16 byte tokens."""
+    out = np.empty((len(addr), 17), np.int16)
+    out[:, 0] = np.where(v6, tok6, tok4)
+    np.add(addr, np.int16(tokens.BYTE0), out=out[:, 1:], casting="unsafe")
+    return out
+
+
+def _time_kinds(
+    time: np.ndarray, has_time: np.ndarray, new_context: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(time kind, value to write) per measurement: abs for a context's first timestamp, then deltas."""
+    n = len(time)
+    kind = np.zeros(n, np.int64)
+    value = np.zeros(n, np.int64)
+    ti = np.flatnonzero(has_time)
+    if len(ti):
+        t = time[ti]
+        ctx = np.cumsum(new_context)[ti]
+        first = np.ones(len(ti), bool)
+        first[1:] = ctx[1:] != ctx[:-1]  # first timestamped measurement of its context
+        delta = np.diff(t, prepend=t[:1])  # seconds since the previous timestamped one (same context)
+        kind[ti] = np.where(first, _TK_ABS, np.where(delta < 256, _TK_D1, _TK_D4))
+        value[ti] = np.where(first, t, delta)
+    return kind, value
+
+
+def _layouts(perm: np.ndarray, src6: np.ndarray, dst6: np.ndarray, failed: np.ndarray, kind: np.ndarray):
+    return (((perm.astype(np.int64) * 2 + src6) * 2 + dst6) * 2 + failed) * 4 + kind
+
+
+def _write_tokens(
+    layout: np.ndarray,
+    src_blk: np.ndarray,
+    dst_blk: np.ndarray,
+    rtt_ms: np.ndarray,
+    kind: np.ndarray,
+    value: np.ndarray,
+) -> np.ndarray:
+    """int32 tokens of measurements given their layouts and field values (concatenated, in order)."""
+    n = len(layout)
+    failed = rtt_ms < 0
+    codes = tokens.encode_rtt_ms(np.where(failed, 0.0, rtt_ms)).astype(np.int64)
+    v = np.empty((n, _VW), np.int16)
+    v[:, 0] = tokens.MEASUREMENT_START
+    v[:, 1:18] = src_blk
+    v[:, 18:35] = dst_blk
+    v[:, 35] = np.where(failed, tokens.FAILED, tokens.RTT_START)
+    v[:, 36] = (codes >> 8) + tokens.BYTE0
+    v[:, 37] = (codes & 0xFF) + tokens.BYTE0
+    v[:, 38] = _TIME_MARKER[kind]
+    v[:, 39:47] = ((value[:, None] >> _TIME_SHIFT[kind]) & 0xFF) + tokens.BYTE0
+    # Token i of measurement j is column _FLAT_COLS[_LAYOUT_OFF[layout_j] + i] of value row j.
+    size = _LAYOUT_LEN[layout]
+    start = np.cumsum(size) - size
+    k = np.repeat(_LAYOUT_OFF[layout] - start, size) + np.arange(int(size.sum()))
+    rows = np.repeat(np.arange(0, n * _VW, _VW), size)
+    return v.ravel()[rows + _FLAT_COLS[k]].astype(np.int32)
 
 
 def encode_contexts(
@@ -130,85 +340,66 @@ def encode_contexts(
     `new_context[i]` marks the first measurement of a context, where timestamps restart at <TimestampAbs>.
     Timestamped measurements must be in time order within their context.
     """
-    n = len(m)
-    buf = np.zeros((n, 4, 17), np.int32)  # per-field token blocks, padded to the widest (marker + 16 bytes)
-    lens = np.zeros((n, 4), np.int64)
-    for f, addr, v6, tok4, tok6 in (
-        (tokens.FIELD_SRC, m.src, m.src_v6, tokens.SRC_IPV4, tokens.SRC_IPV6),
-        (tokens.FIELD_DST, m.dst, m.dst_v6, tokens.DST_IPV4, tokens.DST_IPV6),
-    ):
-        buf[:, f, 0] = np.where(v6, tok6, tok4)
-        buf[:, f, 1:] = addr + np.int32(tokens.BYTE0)
-        lens[:, f] = np.where(v6, 17, 5)
+    perm = _PERM_OF_CODE[np.asarray(field_order, np.int64) @ np.array([64, 16, 4, 1])]
+    if (perm < 0).any():
+        raise ValueError("field_order rows must be permutations of the four field ids")
+    kind, value = _time_kinds(m.time, np.asarray(has_time, bool), np.asarray(new_context, bool))
     failed = m.rtt < 0
-    codes = tokens.encode_rtt_ms(np.where(failed, 0.0, m.rtt)).astype(np.int32)
-    r = tokens.FIELD_RESULT
-    buf[:, r, 0] = np.where(failed, tokens.FAILED, tokens.RTT_START)
-    buf[:, r, 1] = (codes >> 8) + tokens.BYTE0
-    buf[:, r, 2] = (codes & 0xFF) + tokens.BYTE0
-    lens[:, r] = np.where(failed, 1, 3)
-    ti = np.flatnonzero(has_time)
-    if len(ti):
-        t, ctx = m.time[ti], (np.cumsum(new_context) - 1)[ti]
-        first = np.ones(len(ti), bool)
-        first[1:] = ctx[1:] != ctx[:-1]  # first timestamped measurement of its context
-        delta = np.diff(t, prepend=t[:1])  # seconds since the previous timestamped one (same context)
-        f = tokens.FIELD_TIME
-        a = ti[first]
-        buf[a, f, 0] = tokens.TIMESTAMP_ABS
-        buf[a, f, 1:9] = t[first].astype(">u8").view(np.uint8).reshape(-1, 8) + np.int32(tokens.BYTE0)
-        lens[a, f] = 9
-        d, di = delta[~first], ti[~first]
-        small = d < 256
-        buf[di, f, 0] = np.where(small, tokens.TIMESTAMP_DELTA1, tokens.TIMESTAMP_DELTA4)
-        buf[di[small], f, 1] = d[small] + tokens.BYTE0
-        buf[di[~small], f, 1:5] = d[~small].astype(">u4").view(np.uint8).reshape(-1, 4) + np.int32(
-            tokens.BYTE0
-        )
-        lens[di, f] = np.where(small, 2, 5)
-    rows = np.arange(n)[:, None]
-    order = field_order.astype(np.int64)
-    blocks = buf[rows, order].reshape(n, 68)  # fields in each measurement's own order
-    keep = (np.arange(17) < lens[rows, order][..., None]).reshape(n, 68)
-    full = np.concatenate([np.full((n, 1), tokens.MEASUREMENT_START, np.int32), blocks], axis=1)
-    mask = np.concatenate([np.ones((n, 1), bool), keep], axis=1)
-    ends = np.cumsum(1 + lens.sum(axis=1))
-    return full[mask], np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    layout = _layouts(perm, m.src_v6, m.dst_v6, failed, kind)
+    src_blk = _addr_blocks(m.src, m.src_v6, tokens.SRC_IPV4, tokens.SRC_IPV6)
+    dst_blk = _addr_blocks(m.dst, m.dst_v6, tokens.DST_IPV4, tokens.DST_IPV6)
+    toks = _write_tokens(layout, src_blk, dst_blk, m.rtt, kind, value)
+    sizes = _LAYOUT_LEN[layout]
+    return toks, np.cumsum(sizes) - sizes
 
 
-def _encode_plans(
-    row: ProbeRow, plans: list[tuple[int, np.ndarray, np.ndarray]], rng: np.random.Generator, seq_len: int
-) -> list[Context]:
-    """Encode all planned contexts of a row at once, each cut after its last whole measurement in seq_len."""
-    sizes = np.array([len(p[1]) for p in plans])
-    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    order = np.concatenate([p[1] for p in plans])
-    has_time = np.concatenate([p[2] for p in plans])
+def _sample(row: ProbeRow, rng: np.random.Generator, cfg: LoaderConfig, k: int, base: float):
+    """Sample and encode k contexts of a row: (flat int32 tokens, tokens per context, modes, measurements)."""
+    u = rng.random(k)  # modes (cheaper than rng.choice(p=...))
+    p_full, p_none = cfg.mode_probs[0], cfg.mode_probs[0] + cfg.mode_probs[1]
+    mode = (u >= p_full).astype(np.int64) + (u >= p_none)
+    share = np.array([1.0, 0.0, sum(cfg.mixed_keep) / 2])[mode]
+    target = target_measurements(cfg.seq_len, base, share)
+    a, b = _windows(row.time, target, rng)
+    pos, ctx, counts = _subsample(a, b, target, rng)
+    order, has_time = _order_for_modes(pos, ctx, counts, mode, cfg.mixed_keep, rng)
+    starts = _segment_starts(counts)
     new_context = np.zeros(len(order), bool)
-    new_context[first] = True
-    # Each measurement gets its own random permutation of the four fields.
-    field_order = rng.permuted(np.tile(np.arange(4, dtype=np.int8), (len(order), 1)), axis=1)
-    toks, starts = encode_contexts(row.measurements(order), has_time, field_order, new_context)
-    ends = np.append(starts[1:], len(toks))
-    ctx_start = starts[first]
-    fits = ends - np.repeat(ctx_start, sizes) <= seq_len  # a prefix of each context (ends increase)
-    kept = np.bincount(np.repeat(np.arange(len(plans)), sizes), weights=fits, minlength=len(plans)).astype(
-        np.int64
-    )
-    ctx_end = np.where(kept > 0, ends[first + np.maximum(kept, 1) - 1], ctx_start)
-    return [
-        Context(toks[a:b], p[0], int(k)) for a, b, k, p in zip(ctx_start, ctx_end, kept, plans, strict=True)
-    ]
+    new_context[starts] = True
+    kind, value = _time_kinds(row.time[order], has_time, new_context)
+    # Each measurement gets its own random field order.
+    perm = rng.integers(0, len(PERMS), len(order))
+    s = row.src_index[order]
+    d = row.dst_rows(order)
+    rtt = row.rtt[order].astype(np.float64)
+    layout = _layouts(perm, row.src_table_v6[s], row.dst_table_v6[d], rtt < 0, kind)
+    # Cut each context after its last whole measurement within seq_len, before writing any token.
+    size = _LAYOUT_LEN[layout]
+    end = np.cumsum(size)
+    ctx_base = (end - size)[starts]
+    fits = end - ctx_base[ctx] <= cfg.seq_len  # a prefix of each context (sizes are positive)
+    kept = np.bincount(ctx[fits], minlength=k)
+    ctx_tokens = np.bincount(ctx[fits], weights=size[fits], minlength=k).astype(np.int64)
+    sel = np.flatnonzero(fits)
+    src_tab = _addr_blocks(row.src_table, row.src_table_v6, tokens.SRC_IPV4, tokens.SRC_IPV6)
+    if row.dst_index is None:
+        dd = d[sel]
+        dst_blk = _addr_blocks(row.dst_table[dd], row.dst_table_v6[dd], tokens.DST_IPV4, tokens.DST_IPV6)
+    else:
+        dst_blk = _addr_blocks(row.dst_table, row.dst_table_v6, tokens.DST_IPV4, tokens.DST_IPV6)[d[sel]]
+    toks = _write_tokens(layout[sel], src_tab[s[sel]], dst_blk, rtt[sel], kind[sel], value[sel])
+    return toks, ctx_tokens, mode, kept
 
 
 def sample_context(row: ProbeRow, rng: np.random.Generator, cfg: LoaderConfig, base: float) -> Context:
     """One context from a row: mode, window, order, shuffled fields, tokens cut to seq_len."""
-    return _encode_plans(row, [_plan_context(row, rng, cfg, base)], rng, cfg.seq_len)[0]
+    toks, _, mode, kept = _sample(row, rng, cfg, 1, base)
+    return Context(toks, int(mode[0]), int(kept[0]))
 
 
 def make_contexts(row: ProbeRow, rng: np.random.Generator, cfg: LoaderConfig) -> list[np.ndarray]:
     """The K token contexts (int32 arrays of at most seq_len tokens) that one row yields."""
     k = contexts_per_row(row.n, cfg.meas_per_k, cfg.max_contexts_per_row)
-    base = base_tokens_per_meas(row, rng)
-    plans = [_plan_context(row, rng, cfg, base) for _ in range(k)]
-    return [c.tokens for c in _encode_plans(row, plans, rng, cfg.seq_len) if c.n_meas]
+    toks, sizes, _, kept = _sample(row, rng, cfg, k, base_tokens_per_meas(row, rng))
+    ends = np.cumsum(sizes).tolist()
+    return [toks[e - s : e] for s, e in zip(sizes.tolist(), ends, strict=True) if s]

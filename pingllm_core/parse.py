@@ -12,6 +12,10 @@ import bz2
 import functools
 import ipaddress
 import os
+import queue
+import re
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -69,16 +73,22 @@ CREATE OR REPLACE MACRO as_int(v) AS
 # Stage 1: one row per line, parsed once; `reason` is set for lines that are not ping results at all.
 _PARSE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE parsed AS
-WITH p AS (
-  SELECT ln, line,
-    CASE WHEN NOT json_valid(line) THEN CASE WHEN trim(line, ' \t\r\n') = '' THEN 'blank_line' ELSE 'bad_json' END
+WITH t AS (  -- one JSON parse per line; TRY gives NULL for invalid JSON (and JSON null), told apart below
+  SELECT ln, line, TRY(from_json(line, '{_LINE_STRUCT}')) AS j FROM lines
+), j AS (
+  SELECT ln, line, j,
+    CASE WHEN j IS NULL THEN
+           CASE WHEN trim(line, ' \t\r\n') = '' THEN 'blank_line' WHEN NOT json_valid(line) THEN 'bad_json'
+                WHEN starts_with(ltrim(line, ' \t'), '{{') THEN 'wrong_type' ELSE 'not_object' END
          WHEN NOT starts_with(line, '{{') AND NOT starts_with(ltrim(line, ' \t'), '{{') THEN 'not_object'
     END AS pre
-  FROM lines
-), j AS (
-  SELECT ln, line, pre, CASE WHEN pre IS NULL THEN from_json(line, '{_LINE_STRUCT}') END AS j FROM p
+  FROM t
 )
-SELECT *, list_filter(pk_all, lambda q: q.dup IS NULL) AS pk FROM (
+SELECT * EXCLUDE (pk_all, pk),
+  coalesce(len(pk_all), 0) - coalesce(len(pk), 0) AS n_dup,
+  list_transform(pk, lambda q: CASE WHEN q.rtt IS NOT NULL THEN TRY_CAST(q.rtt AS DOUBLE)
+                                    WHEN q.x IS NOT NULL OR q.error IS NOT NULL THEN -1.0 END) AS pr
+FROM (SELECT *, list_filter(pk_all, lambda q: q.dup IS NULL) AS pk FROM (
 SELECT ln, pre, j.type AS typ, j.af AS af_raw,
   CASE WHEN j.af IS NULL THEN 4 ELSE as_int(j.af) END AS af,  -- legacy firmware: no af means IPv4
   j.prb_id AS prb_raw, as_int(j.prb_id) AS prb, j.timestamp AS ts_raw, as_int(j.timestamp) AS ts,
@@ -87,7 +97,7 @@ SELECT ln, pre, j.type AS typ, j.af AS af_raw,
   CASE WHEN pre IS NULL AND j.result IS NULL THEN coalesce(json_type(line, '$.result'), 'NULL') <> 'NULL'
        ELSE false END AS bad_result,
   j.result AS pk_all
-FROM j)
+FROM j))
 """
 
 # Stage 2: per-result classification after the address table `addrs` is known.
@@ -96,10 +106,7 @@ CREATE OR REPLACE TEMP TABLE res AS
 WITH a AS (
   SELECT p.*, fa.ver AS from_ver, fa.glob AS from_glob, fa.canon AS from_canon,
     sa.ver AS src_ver, sa.glob AS src_glob, sa.canon AS src_canon,
-    da.ver AS dst_ver, da.glob AS dst_glob, da.canon AS dst_canon,
-    coalesce(len(pk_all), 0) - coalesce(len(pk), 0) AS n_dup,
-    list_transform(pk, lambda q: CASE WHEN q.rtt IS NOT NULL THEN TRY_CAST(q.rtt AS DOUBLE)
-                                      WHEN q.x IS NOT NULL OR q.error IS NOT NULL THEN -1.0 END) AS pr
+    da.ver AS dst_ver, da.glob AS dst_glob, da.canon AS dst_canon
   FROM parsed p
   LEFT JOIN addrs fa ON fa.addr = p.from_addr
   LEFT JOIN addrs sa ON sa.addr = p.src_raw
@@ -113,7 +120,7 @@ WITH a AS (
          ELSE [-1.0] END AS rtts
   FROM a
 )
-SELECT *,
+SELECT ln, n_dup, ts, src, dst_canon, af, prb, rtts,
   CASE WHEN pre IS NOT NULL THEN pre
     WHEN typ IS NOT NULL AND typ <> 'ping' THEN 'not_ping'
     WHEN has_error AND dst_raw IS NULL THEN 'error_no_dst'
@@ -189,6 +196,7 @@ class ParseSummary:
     errors: dict[str, str]
     seconds: float
     rows_per_s: float
+    parts: list[str] = field(default_factory=list)  # the Parquet part files written, one per input file
 
 
 def _ranges(cidrs: str) -> tuple[list[int], list[int]]:
@@ -206,9 +214,7 @@ _V4_SPECIAL = _ranges(
 _V6_SPECIAL = _ranges("::/3 2001::/23 2001:db8::/32 2002::/16 3fff::/20 4000::/2 8000::/1")
 
 
-@functools.lru_cache(maxsize=1 << 20)
-def classify_address(text: str) -> tuple[int | None, bool, str | None]:
-    """(IP version or None, is global unicast, canonical text) for an address string; cached per process."""
+def _classify_slow(text: str) -> tuple[int | None, bool, str | None]:
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -217,6 +223,20 @@ def classify_address(text: str) -> tuple[int | None, bool, str | None]:
     n = int(ip)
     i = bisect.bisect_right(starts, n) - 1
     return ip.version, not (i >= 0 and n <= ends[i]), str(ip)
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def classify_address(text: str) -> tuple[int | None, bool, str | None]:
+    """(IP version or None, is global unicast, canonical text) for an address string; cached per process."""
+    try:  # fast path: an IPv4 address already in canonical dotted-quad form (the common case)
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        return _classify_slow(text)
+    if socket.inet_ntop(socket.AF_INET, packed) != text:  # leading zeros and the like: ipaddress decides
+        return _classify_slow(text)
+    n = int.from_bytes(packed, "big")
+    i = bisect.bisect_right(_V4_SPECIAL[0], n) - 1
+    return 4, not (i >= 0 and n <= _V4_SPECIAL[1][i]), text
 
 
 class _Bz2Lines:
@@ -240,8 +260,10 @@ class _Bz2Lines:
                         if dec.eof:  # a concatenated stream (pbzip2 output) may follow this one
                             chunk, dec, started = dec.unused_data, bz2.BZ2Decompressor(), False
                     if len(buf) >= self.block_bytes and (cut := buf.rfind(b"\n") + 1):
-                        yield bytes(buf[:cut])
+                        with memoryview(buf) as view:  # one copy, not two (a bytearray slice copies too)
+                            block = bytes(view[:cut])
                         del buf[:cut]
+                        yield block
                 if total_in == 0:
                     self._damaged("empty file, not a bz2 stream")
                 elif started:
@@ -258,29 +280,92 @@ class _Bz2Lines:
         self.truncated, self.error = True, f"{self.path.name}: {message}"
 
 
+_DONE = object()
+
+
+def _prefetch(blocks: Iterator[bytes], depth: int = 1) -> Iterator[bytes]:
+    """Run `blocks` in a thread, `depth` blocks ahead: bz2 releases the GIL, so decompression of the next block
+    overlaps DuckDB's parse of this one (DuckDB releases the GIL too). Exceptions are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for block in blocks:
+                if not put(block):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=run, name="bz2-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _lines_table(block: bytes, first_ln: int) -> pa.Table:
     """Arrow table (ln, line) over a block of newline-ended lines, built without copying the text."""
     ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + 1
-    offsets = np.concatenate(([0], ends)).astype(np.int64)
+    offsets = np.empty(len(ends) + 1, np.int64)
+    offsets[0], offsets[1:] = 0, ends
     lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(block))
-    return pa.table({"ln": np.arange(first_ln, first_ln + len(ends), dtype=np.int64), "line": lines})
+    ln = np.arange(first_ln, first_ln + len(ends), dtype=np.int64)
+    # from_buffers, not pa.array(numpy): the latter imports pandas on first use (a fifth of a second per worker)
+    return pa.Table.from_arrays(
+        [pa.Array.from_buffers(pa.int64(), len(ln), [None, pa.py_buffer(ln)]), lines], names=["ln", "line"]
+    )
 
 
-def _address_table(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Distinct address strings of the parsed block with their classification (cached per string)."""
-    distinct = con.sql(
-        "SELECT DISTINCT a FROM (SELECT from_addr AS a FROM parsed UNION ALL SELECT src_raw FROM parsed "
-        "UNION ALL SELECT dst_raw FROM parsed) WHERE a IS NOT NULL"
-    ).to_arrow_table()
-    texts = distinct.column(0).to_pylist()
-    ver, glob, canon = zip(*map(classify_address, texts), strict=True) if texts else ((), (), ())
-    return pa.table(
-        {
-            "addr": pa.array(texts, pa.string()),
-            "ver": pa.array(ver, pa.int8()),
-            "glob": pa.array(glob, pa.bool_()),
-            "canon": pa.array(canon, pa.string()),
-        }
+def _string_array(texts: Sequence[str]) -> pa.Array:
+    """A string array built from buffers: pa.array(list) would import pandas on first use."""
+    data = [t.encode() for t in texts]
+    offsets = np.zeros(len(data) + 1, np.int64)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    return pa.LargeStringArray.from_buffers(len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)))
+
+
+def _add_new_addresses(con: duckdb.DuckDBPyConnection) -> None:
+    """Classify the block's address strings not seen earlier in this file and add them to `addrs`."""
+    texts = [
+        a
+        for (a,) in con.execute(
+            "SELECT DISTINCT a FROM (SELECT from_addr AS a FROM parsed UNION ALL SELECT src_raw FROM parsed "
+            "UNION ALL SELECT dst_raw FROM parsed) x WHERE a IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM addrs WHERE addrs.addr = x.a)"
+        ).fetchall()
+    ]
+    if not texts:
+        return
+    ver, glob, canon = zip(*map(classify_address, texts), strict=True)
+    fresh = pa.Table.from_arrays(  # noqa: F841 - read by DuckDB below
+        [
+            _string_array(texts),
+            pa.Array.from_buffers(
+                pa.int8(), len(ver), [None, pa.py_buffer(np.array([v or 0 for v in ver], np.int8))]
+            ),
+            pa.Array.from_buffers(pa.int8(), len(glob), [None, pa.py_buffer(np.array(glob, np.int8))]),
+            _string_array([c or "" for c in canon]),
+        ],
+        names=["addr", "ver", "is_global", "canon"],
+    )
+    con.execute(  # ver 0 marks an unparseable string: NULL version and canonical text, as before
+        "INSERT INTO addrs SELECT addr, nullif(ver, 0), is_global::BOOLEAN, CASE WHEN ver <> 0 THEN canon END FROM fresh"
     )
 
 
@@ -293,7 +378,7 @@ def _parse_block(
     """Parse one block of lines into measurement rows; adds counts and rejected-line samples."""
     con.register("lines", lines)
     con.execute(_PARSE_SQL)
-    con.register("addrs", _address_table(con))
+    _add_new_addresses(con)
     con.execute(_CLASSIFY_SQL.format(max_ts=_MAX_TIMESTAMP, max_rtt=float(cfg.max_rtt_ms)))
     for reason, n, dups in con.execute(
         "SELECT reason, count(*), sum(n_dup) FROM res GROUP BY reason"
@@ -321,65 +406,128 @@ def _parse_block(
             rejects.append({"reason": reason, "line_no": ln + 1, "text": text.rstrip()[:_REJECT_TEXT_CHARS]})
     rows = con.sql(_ROWS_SQL.format(rtt_expr=_COLLAPSE_RTT[cfg.collapse])).to_arrow_table()
     con.unregister("lines")
-    con.unregister("addrs")
-    return pa.Table.from_arrays(
+    con.execute("DROP TABLE parsed; DROP TABLE res")  # free the block's memory before the next one
+    table = pa.Table.from_arrays(
         [
-            rows.column("ts").cast(pa.int64()).cast(pa.timestamp("s", tz="UTC")),
+            rows.column("ts").cast(pa.timestamp("s", tz="UTC")),
             rows.column("src").cast(pa.string()),
             rows.column("dst").cast(pa.string()),
-            rows.column("ver").cast(pa.int8()),
-            rows.column("rtt").cast(pa.float64()),
-            rows.column("prb").cast(pa.int32()),
+            rows.column("ver"),
+            rows.column("rtt"),
+            rows.column("prb"),
         ],
         schema=MEASUREMENT_SCHEMA,
     )
+    ok = con.execute("SELECT count(*) FILTER (WHERE rtt >= 0) FROM rows").fetchall()[0][0]
+    counts.update({"rows": table.num_rows, "rows_ok": ok, "rows_failed": table.num_rows - ok})
+    return table
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB on one thread: files are parallel across processes instead."""
     con = duckdb.connect(config={"threads": 1, "preserve_insertion_order": True})
     con.execute(_SETUP_SQL)
+    con.execute('CREATE TEMP TABLE addrs (addr VARCHAR, ver TINYINT, "glob" BOOLEAN, canon VARCHAR)')
     return con
 
 
-def _distinct_counts(table: pa.Table) -> dict[str, int]:
-    """probes, public_sources and destinations of a measurement table."""
-    return {
-        "probes": pc.count_distinct(table.column("prb_id")).as_py(),
-        "public_sources": pc.count_distinct(table.column("src_addr")).as_py(),
-        "destinations": pc.count_distinct(table.column("dst_addr")).as_py(),
-    }
+_UNIQUE_COLUMNS = {"probes": "prb_id", "public_sources": "src_addr", "destinations": "dst_addr"}
+
+
+def _parse_stream(
+    path: Path, cfg: ParseConfig, counts: Counter, rejects: list[dict], status: dict
+) -> Iterator[pa.Table]:
+    """Measurement tables of one dump, block by block; damage and engine errors land in `status`."""
+    source = _Bz2Lines(path, cfg.block_bytes)
+    try:
+        con = _connect()
+        try:
+            first_ln = 0
+            for block in _prefetch(iter(source)):
+                lines = _lines_table(block, first_ln)
+                del block
+                first_ln += len(lines)
+                yield _parse_block(con, lines, cfg, counts, rejects)
+        finally:
+            con.close()
+    except (OSError, duckdb.Error) as exc:  # unreadable file or a parse engine failure: report, keep going
+        status["error"] = f"{path.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    status["truncated"] = source.truncated
+    if source.error:
+        status["error"] = source.error
+
+
+def _new_counts() -> Counter:
+    return Counter({k: 0 for k in MANIFEST_KEYS})
 
 
 def parse_file(path: str | os.PathLike, cfg: ParseConfig | None = None) -> ParsedFile:
     """Parse one hourly bz2 dump into measurement rows; damage is reported in the result, never raised."""
     cfg = cfg or ParseConfig()
     path = Path(path)
-    counts: Counter = Counter({k: 0 for k in MANIFEST_KEYS})
-    rejects: list[dict] = []
-    tables: list[pa.Table] = []
-    source = _Bz2Lines(path, cfg.block_bytes)
-    error = None
-    try:
-        con = _connect()
-        first_ln = 0
-        for block in source:
-            lines = _lines_table(block, first_ln)
-            first_ln += len(lines)
-            tables.append(_parse_block(con, lines, cfg, counts, rejects))
-        con.close()
-    except (OSError, duckdb.Error) as exc:  # unreadable file or a parse engine failure: report, keep going
-        error = f"{path.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    counts, rejects, status = _new_counts(), [], {}
+    tables = list(_parse_stream(path, cfg, counts, rejects, status))
     table = pa.concat_tables(tables) if tables else MEASUREMENT_SCHEMA.empty_table()
-    ok = pc.sum(pc.greater_equal(table.column("rtt"), 0.0)).as_py() or 0
-    counts.update({"rows": table.num_rows, "rows_ok": ok, "rows_failed": table.num_rows - ok})
-    counts.update(_distinct_counts(table))
-    return ParsedFile(str(path), table, dict(counts), rejects, source.truncated, source.error or error)
+    counts.update({k: pc.count_distinct(table.column(c)).as_py() for k, c in _UNIQUE_COLUMNS.items()})
+    return ParsedFile(
+        str(path), table, dict(counts), rejects, status.get("truncated", False), status.get("error")
+    )
 
 
-def _parse_worker(path: str, cfg: ParseConfig) -> ParsedFile:
-    """Process-pool entry point (module level so it pickles)."""
-    return parse_file(path, cfg)
+@dataclass
+class _PartResult:
+    """What a worker sends back: counts, rejects and the distinct keys of its part (never the rows)."""
+
+    path: str
+    part: str
+    rows: int
+    stats: dict[str, int]
+    rejects: list[dict]
+    uniques: dict[str, pa.Array]
+    truncated: bool
+    error: str | None
+
+
+def _parse_to_part(path: str, part: str, cfg: ParseConfig) -> _PartResult:
+    """Process-pool entry point: parse one dump and stream its rows into its own Parquet part file."""
+    counts, rejects, status = _new_counts(), [], {}
+    uniques: dict[str, list[pa.Array]] = {c: [] for c in _UNIQUE_COLUMNS.values()}
+    with pq.ParquetWriter(part, MEASUREMENT_SCHEMA) as writer:
+        for table in _parse_stream(Path(path), cfg, counts, rejects, status):
+            writer.write_table(table)
+            for name, acc in uniques.items():
+                acc.append(pc.unique(table.column(name)))
+    distinct = {
+        name: pc.unique(pa.chunked_array(acc, MEASUREMENT_SCHEMA.field(name).type))
+        for name, acc in uniques.items()
+    }
+    counts.update({k: len(distinct[c]) for k, c in _UNIQUE_COLUMNS.items()})
+    return _PartResult(
+        path,
+        part,
+        counts["rows"],
+        dict(counts),
+        rejects,
+        distinct,
+        status.get("truncated", False),
+        status.get("error"),
+    )
+
+
+def part_paths(out_path: str | os.PathLike, n: int) -> list[Path]:
+    """The part files parse_files writes for out_path and n input files: `<dir>/<base>-<k>.parquet`, k = 0..n-1,
+    where base is out_path's stem without a trailing `-<number>` (`part-0.parquet` gives part-0, part-1, ...)."""
+    out_path = Path(out_path)
+    base = re.sub(r"-\d+$", "", out_path.stem)
+    return [out_path.with_name(f"{base}-{k}.parquet") for k in range(max(n, 1))]
+
+
+def _stale_parts(out_path: Path, keep: Sequence[Path]) -> list[Path]:
+    """Earlier parts of the same slice (same base name) that a new run does not overwrite."""
+    base = re.sub(r"-\d+$", "", out_path.stem)
+    pattern = re.compile(rf"{re.escape(base)}-\d+\.parquet")
+    keep_names = {p.name for p in keep}
+    return [p for p in out_path.parent.iterdir() if pattern.fullmatch(p.name) and p.name not in keep_names]
 
 
 def parse_files(
@@ -388,57 +536,58 @@ def parse_files(
     cfg: ParseConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ParseSummary:
-    """Parse dump files in parallel processes into one Parquet file at out_path; sums counts across files."""
+    """Parse dump files in parallel processes, each writing its own Parquet part next to out_path
+    (`part_paths(out_path, len(paths))`, file order kept by part number); sums counts across files.
+
+    The run replaces its slice: once every part is written, earlier parts of the same base name are removed.
+    Only counts, rejected-line samples and the distinct keys travel back from the workers."""
     cfg = cfg or ParseConfig()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.with_name(out_path.name + ".tmp")
     start = time.perf_counter()
+    files = [str(p) for p in paths]
+    finals = part_paths(out_path, len(files))
+    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in finals]
     counts: Counter = Counter()
     rejects: list[dict] = []
     truncated: list[str] = []
     errors: dict[str, str] = {}
-    uniques: dict[str, list[pa.Array]] = {"prb_id": [], "src_addr": [], "dst_addr": []}
-    files = [str(p) for p in paths]
+    uniques: dict[str, list[pa.Array]] = {c: [] for c in _UNIQUE_COLUMNS.values()}
     workers = max(1, min(cfg.workers, len(files)))
-    with pq.ParquetWriter(tmp_path, MEASUREMENT_SCHEMA) as writer:
+    try:
+        if not files:
+            pq.write_table(MEASUREMENT_SCHEMA.empty_table(), tmps[0])
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
-            results = (
-                pool.map(_parse_worker, files, [cfg] * len(files))
-                if pool
-                else map(_parse_worker, files, [cfg] * len(files))
-            )
-            for done, parsed in enumerate(results, start=1):  # file order is kept in the output
-                writer.write_table(parsed.table)
-                counts.update(
-                    {
-                        k: v
-                        for k, v in parsed.stats.items()
-                        if k not in ("probes", "public_sources", "destinations")
-                    }
-                )
+            args = (files, [str(t) for t in tmps[: len(files)]], [cfg] * len(files))
+            results = pool.map(_parse_to_part, *args) if pool else map(_parse_to_part, *args)
+            for done, part in enumerate(results, start=1):
+                counts.update({k: v for k, v in part.stats.items() if k not in _UNIQUE_COLUMNS})
                 for name, acc in uniques.items():
-                    acc.append(pc.unique(parsed.table.column(name)))
-                rejects.extend(
-                    dict(r, file=Path(parsed.path).name) for r in parsed.rejects[: cfg.reject_sample]
-                )
-                if parsed.truncated:
-                    truncated.append(parsed.path)
-                if parsed.error:
-                    errors[parsed.path] = parsed.error
+                    acc.append(part.uniques[name])
+                rejects.extend(dict(r, file=Path(part.path).name) for r in part.rejects[: cfg.reject_sample])
+                if part.truncated:
+                    truncated.append(part.path)
+                if part.error:
+                    errors[part.path] = part.error
                 if progress:
                     progress(
-                        f"parsed {done}/{len(files)} {Path(parsed.path).name}: {parsed.table.num_rows} rows"
-                        + (f" ({parsed.error})" if parsed.error else "")
+                        f"parsed {done}/{len(files)} {Path(part.path).name}: {part.rows} rows"
+                        + (f" ({part.error})" if part.error else "")
                     )
         finally:
             if pool:
                 pool.shutdown()
-    os.replace(tmp_path, out_path)
-    for key, name in (("probes", "prb_id"), ("public_sources", "src_addr"), ("destinations", "dst_addr")):
+        for tmp, final in zip(tmps, finals, strict=True):
+            os.replace(tmp, final)
+        for stale in _stale_parts(out_path, finals):
+            stale.unlink(missing_ok=True)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+    for key, name in _UNIQUE_COLUMNS.items():
         parts = uniques[name]
-        counts[key] = pc.count_distinct(pa.chunked_array(parts)).as_py() if parts else 0
+        counts[key] = pc.count_distinct(pa.chunked_array(parts, MEASUREMENT_SCHEMA.field(name).type)).as_py()
     stats = {k: int(counts.get(k, 0)) for k in MANIFEST_KEYS} | {k: int(v) for k, v in counts.items()}
     seconds = time.perf_counter() - start
     return ParseSummary(
@@ -451,4 +600,5 @@ def parse_files(
         errors=errors,
         seconds=seconds,
         rows_per_s=stats["rows"] / seconds if seconds > 0 else 0.0,
+        parts=[str(p) for p in finals],
     )

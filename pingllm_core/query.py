@@ -45,6 +45,9 @@ _EPS = 1e-9  # tolerance on cumulative probabilities when locating a quantile
 _ALL_RTT_MS = T.decode_rtt_code(np.arange(65536))  # value of every RTT code, ms
 _BUCKET_LO = _ALL_RTT_MS.reshape(256, 256).min(axis=1)  # value range of each byte-1 (high byte) bucket
 _BUCKET_HI = _ALL_RTT_MS.reshape(256, 256).max(axis=1)
+MAX_RTT_MS = 600_000.0  # the parser rejects longer RTTs (SPEC section 1): no training row ever had one
+# Byte-1 buckets that can hold a plausible RTT; the rest are outside the data's support and get no mass.
+_PLAUSIBLE = np.concatenate([np.ones(T.BYTE0, bool), _BUCKET_LO <= MAX_RTT_MS])
 
 
 def quantile_key(q: float) -> str:
@@ -266,7 +269,8 @@ class QueryEngine:
         p_fail = outcome[:, T.FAILED]
         st = state.copy()
         st.advance(T.RTT_START)
-        p1 = _restricted(logp1_BxV, st.allowed())[:, T.BYTE0 :]  # grammar: canonical high bytes only
+        # grammar: canonical high bytes only; domain: RTTs up to 10 minutes
+        p1 = _restricted(logp1_BxV, st.allowed() & _PLAUSIBLE)[:, T.BYTE0 :]
         p1 = np.where(p1 >= MIN_BRANCH_PROB, p1, 0.0)
         p1 /= p1.sum(axis=1, keepdims=True)
         expand = p1 > 0 if full else self._needed_buckets(p1, targets)

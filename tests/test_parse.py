@@ -6,6 +6,8 @@ import bz2
 import json
 from pathlib import Path
 
+import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,6 +25,10 @@ def _dump(tmp_path: Path, lines: list, name: str = "ping-2024-01-01T0000.bz2") -
     return path
 
 
+def _read_parts(parts: list[str]) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in parts)
+
+
 def _ping(**over) -> dict:
     base = {
         "af": 4, "prb_id": 7, "timestamp": 1_700_000_000, "from": "8.8.4.4", "src_addr": "192.168.1.2",
@@ -37,10 +43,11 @@ def _ping(**over) -> dict:
 def test_real_dumps_match_independent_manifest(folder: str, tmp_path: Path) -> None:
     manifest = json.loads((REAL / folder / "manifest.json").read_text())
     paths = sorted((REAL / folder).glob("*/*.bz2"))
-    summary = parse_files(paths, tmp_path / "m.parquet", ParseConfig(workers=2))
+    summary = parse_files(paths, tmp_path / "part-0.parquet", ParseConfig(workers=2))
     for key in MANIFEST_KEYS:
         assert summary.stats[key] == manifest.get(key, 0), key
-    table = pq.read_table(tmp_path / "m.parquet")
+    assert summary.parts == [str(tmp_path / f"part-{k}.parquet") for k in range(len(paths))]
+    table = pq.read_table(summary.parts[0]) if len(paths) == 1 else _read_parts(summary.parts)
     # Parquet has no seconds unit, so event_time comes back as ms; the values cast back exactly.
     assert table.schema.names == MEASUREMENT_SCHEMA.names
     assert table.cast(MEASUREMENT_SCHEMA, safe=True).schema.equals(MEASUREMENT_SCHEMA)
@@ -173,17 +180,34 @@ def test_corrupt_and_missing_files_report_status_instead_of_raising(tmp_path: Pa
     assert parsed.truncated and parsed.error and parsed.table.num_rows == 0
     summary = parse_files([bad, tmp_path / "absent.bz2"], tmp_path / "o.parquet", ParseConfig(workers=1))
     assert len(summary.truncated_files) == 1 and len(summary.errors) == 2 and summary.rows == 0
-    assert pq.read_table(tmp_path / "o.parquet").schema.names == MEASUREMENT_SCHEMA.names
+    assert summary.parts == [str(tmp_path / "o-0.parquet"), str(tmp_path / "o-1.parquet")]
+    for part in summary.parts:  # every input file has its part, empty ones included
+        assert pq.read_table(part).schema.names == MEASUREMENT_SCHEMA.names
+    empty = parse_files([], tmp_path / "e" / "part-0.parquet")
+    assert pq.read_table(tmp_path / "e" / "part-0.parquet").num_rows == 0 and empty.rows == 0
 
 
 def test_parse_files_concatenates_in_order_and_reports_progress(tmp_path: Path) -> None:
     a = _dump(tmp_path, [_ping(prb_id=1)], "a.bz2")
     b = _dump(tmp_path, [_ping(prb_id=2, dst_addr="9.9.9.9")], "b.bz2")
     seen: list[str] = []
-    summary = parse_files([a, b], tmp_path / "x" / "o.parquet", ParseConfig(workers=2), progress=seen.append)
-    assert pq.read_table(tmp_path / "x" / "o.parquet").column("prb_id").to_pylist() == [1, 1, 1, 2, 2, 2]
+    out = tmp_path / "date=2024-01-01" / "part-0.parquet"
+    summary = parse_files([a, b], out, ParseConfig(workers=2), progress=seen.append)
+    assert _read_parts(summary.parts).column("prb_id").to_pylist() == [1, 1, 1, 2, 2, 2]
     assert summary.stats["probes"] == 2 and summary.stats["destinations"] == 2
     assert summary.stats["public_sources"] == 1 and len(seen) == 2
+    glob = str(tmp_path / "*" / "*.parquet")  # how the measurements asset reads the table back
+    assert duckdb.connect().execute(f"SELECT count(*) FROM '{glob}'").fetchall()[0][0] == 6
+
+
+def test_rerun_replaces_the_slice_and_leaves_other_files(tmp_path: Path) -> None:
+    day = tmp_path / "date=2024-01-01"
+    files = [_dump(tmp_path, [_ping(prb_id=i)], f"{i}.bz2") for i in range(3)]
+    parse_files(files, day / "part-0.parquet", ParseConfig(workers=1))
+    (day / "notes.parquet").write_bytes(b"")  # not one of ours: kept
+    summary = parse_files(files[:1], day / "part-0.parquet", ParseConfig(workers=1))
+    assert sorted(p.name for p in day.iterdir()) == ["notes.parquet", "part-0.parquet"]
+    assert summary.parts == [str(day / "part-0.parquet")] and pq.read_table(summary.parts[0]).num_rows == 3
 
 
 def test_config_rejects_unknown_collapse() -> None:
