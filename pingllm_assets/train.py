@@ -23,11 +23,11 @@ class TrainAssetConfig(dg.Config):
     """Model tier, step budget and optimiser settings (SPEC section 6)."""
 
     tier: str = "tiny"  # tiny (CI, CPU seconds) | small (~10M, laptop) | base (the study's 85M shape)
-    steps: int = 300  # optimiser steps in this materialization (total, when resuming)
+    steps: int = 200  # optimiser steps in this materialization (total, when resuming)
     batch_size: int = 8  # packed rows per step
-    seq_len: int = 1024  # tokens per packed row
-    lr: float = 1e-3  # peak learning rate (tiny models like it higher than the study's 1e-4)
-    warmup_steps: int = 30
+    seq_len: int = 512  # tokens per packed row = the model's context; 1024 (the study's) for small/base
+    lr: float = 3e-3  # peak learning rate; tiny models want more than the study's 1e-4 (base)
+    warmup_steps: int = 20
     seed: int = 0
     loader_workers: int = 0  # Grain worker processes; 0 = in-process
     eval_batches: int = 4  # held-out batches for the eval loss

@@ -235,7 +235,10 @@ def train(
             report(step, host)
     if pending is not None:
         report(pending[0], read(*pending))
-    if eval_step is not None and (not train_cfg.eval_every or step % train_cfg.eval_every):
+    # The final eval, unless the last step just ran one (also when a finished run is re-materialized).
+    if eval_step is not None and (
+        eval_loss is None or not train_cfg.eval_every or step % train_cfg.eval_every
+    ):
         eval_loss = _evaluate(eval_step, states[0], eval_batches, mesh)
         tracker.log_metrics({"eval_loss": eval_loss}, step)
     mgr.wait_until_finished()
