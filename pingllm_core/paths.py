@@ -35,7 +35,7 @@ class DataLayout:
         return self.root / "synth" / "ground_truth.npz"
 
     @property
-    def measurements(self) -> Path:  # <measurements>/date=<YYYY-MM-DD>/part-0.parquet
+    def measurements(self) -> Path:  # <measurements>/date=<YYYY-MM-DD>/part-<k>.parquet (one part per hourly file)
         return self.root / "parquet" / "measurements"
 
     @property
