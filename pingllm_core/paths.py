@@ -35,7 +35,9 @@ class DataLayout:
         return self.root / "synth" / "ground_truth.npz"
 
     @property
-    def measurements(self) -> Path:  # <measurements>/date=<YYYY-MM-DD>/part-<k>.parquet (one part per hourly file)
+    def measurements(
+        self,
+    ) -> Path:  # <measurements>/date=<YYYY-MM-DD>/part-<k>.parquet (one part per hourly file)
         return self.root / "parquet" / "measurements"
 
     @property

@@ -22,6 +22,7 @@ ASSETS = (
     "probe_records",
     "trained_model",
     "evaluation",
+    "membership_audit_report",
 )
 DAY = "2024-07-01"
 RUN_CONFIG = {
@@ -32,6 +33,7 @@ RUN_CONFIG = {
             "config": {"steps": 150, "batch_size": 8, "seq_len": 512, "lr": 3e-3, "warmup_steps": 10}
         },
         "evaluation": {"config": {"rows_per_split": 24, "context_rows": 8, "live_targets": 3}},
+        "membership_audit_report": {"config": {"max_probes": 12, "contexts_per_probe": 1}},
     }
 }
 

@@ -26,6 +26,7 @@ ALL_ASSETS = {
     "probe_records",
     "trained_model",
     "evaluation",
+    "membership_audit_report",
 }
 
 
