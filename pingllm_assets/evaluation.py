@@ -54,7 +54,8 @@ def evaluation(
     meta = {k: v for k, v in meta.items() if "/model/" in k or "/ground_truth" in k or k.count("/") == 1}
     meta.update(
         flat_numbers(
-            "", {k: result.metrics.get(k, {}) for k in ("timestamp_logp", "live_kl", "mode_accuracy")}
+            "",
+            {k: result.metrics.get(k, {}) for k in ("timestamp_logp", "pair_kl", "live_kl", "mode_accuracy")},
         )
     )
     meta["figures"] = png_markdown(result.figures)

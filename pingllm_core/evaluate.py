@@ -29,6 +29,7 @@ class EvalConfig:
     context_rows: int = 40  # held-out rows evaluated at every context size
     live_targets: int = 6  # pairs in the live-ping distribution grid
     live_samples: int = 300  # samples per pair (truth and model) in that grid
+    kl_pairs: int = 20  # pairs per split for the 50-bin KL of the model vs the pair's empirical RTTs
     mode_contexts: int = 24  # probe sequences for the prediction-mode accuracy figure
     mode_length: int = 8  # measurements per such sequence
     seed: int = 0
@@ -211,6 +212,7 @@ def evaluate(
         figures.append(F.fig_calibration(scored_all.pit.dropna().to_numpy(), fig_dir / "calibration_pit.png"))
     figures += _context_curve(engine, splits["heldout_probes"], cfg, rng, metrics, fig_dir, say)
     figures += _timestamp_figure(engine, splits["heldout_probes"], cfg, rng, metrics, fig_dir)
+    metrics["pair_kl"] = {n: _pair_kl(engine, df, cfg) for n, df in splits.items() if len(df)}
     figures += _live_grid(engine, splits, cfg, truth, metrics, fig_dir)
     figures += _mode_accuracy(engine, splits["heldout_probes"], cfg, metrics, fig_dir)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
@@ -251,6 +253,25 @@ def _timestamp_figure(engine, df, cfg, rng, metrics, fig_dir) -> list[Path]:
     without = _model_rows(engine, df, rows, k, timed=False).logp.to_numpy()
     metrics["timestamp_logp"] = {"with": float(with_ts.mean()), "without": float(without.mean())}
     return [F.fig_timestamp_logprob(with_ts, without, fig_dir / "timestamp_logprob.png")]
+
+
+def _pair_kl(engine, df: pd.DataFrame, cfg: EvalConfig) -> dict:
+    """50-bin KL(empirical RTTs of a pair in this split || model samples) over the best-covered pairs."""
+    rng = np.random.default_rng(cfg.seed + 2)
+    ok = df[df.rtt > 0]
+    pairs = ok.groupby(["src_addr", "dst_addr"]).agg(n=("rtt", "size"), t=("time", "median")).reset_index()
+    pairs = pairs[pairs.n >= 10].sort_values(["n", "src_addr", "dst_addr"], ascending=[False, True, True])
+    groups = {}
+    for p in pairs.head(cfg.kl_pairs).itertuples():
+        pred = engine.predict(p.src_addr, p.dst_addr, time=int(p.t))
+        real = ok.rtt[(ok.src_addr == p.src_addr) & (ok.dst_addr == p.dst_addr)].to_numpy()
+        groups[(p.src_addr, p.dst_addr)] = (
+            real,
+            rng.choice(pred.rtt_ms, size=cfg.live_samples, p=pred.probs),
+        )
+    kl = M.per_pair_kl(groups, bins=50, min_samples=10).kl.dropna() if groups else pd.Series(dtype=float)
+    return {"pairs": int(len(kl)), "mean": float(kl.mean()) if len(kl) else float("nan"),
+            "median": float(kl.median()) if len(kl) else float("nan")}  # fmt: skip
 
 
 def _live_grid(engine, splits, cfg, truth, metrics, fig_dir) -> list[Path]:
@@ -339,7 +360,7 @@ def _write_report(path: Path, metrics: dict, figures: list[Path], cfg: EvalConfi
         for key in m:
             if key.endswith("_failure") and key != "model_failure":
                 lines += [f"Failures ({key[: -len('_failure')]}): {m[key]}", ""]
-    for key in ("context", "timestamp_logp", "live_kl", "mode_accuracy"):
+    for key in ("context", "timestamp_logp", "pair_kl", "live_kl", "mode_accuracy"):
         if key in metrics:
             lines += [
                 f"## {key}",
