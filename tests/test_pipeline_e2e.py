@@ -23,6 +23,7 @@ ASSETS = (
     "trained_model",
     "evaluation",
     "membership_audit_report",
+    "poisoning_report",
 )
 DAY = "2024-07-01"
 RUN_CONFIG = {
@@ -34,6 +35,7 @@ RUN_CONFIG = {
         },
         "evaluation": {"config": {"rows_per_split": 24, "context_rows": 8, "live_targets": 3}},
         "membership_audit_report": {"config": {"max_probes": 12, "contexts_per_probe": 1}},
+        "poisoning_report": {"config": {"train_steps": 10, "model_rows": 8}},
     }
 }
 

@@ -27,6 +27,7 @@ ALL_ASSETS = {
     "trained_model",
     "evaluation",
     "membership_audit_report",
+    "poisoning_report",
 }
 
 
