@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=1000)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rows-per-group", type=int, default=loader.LoaderConfig.rows_per_group)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -175,7 +176,12 @@ def main() -> None:
             f"{summary.bytes / summary.measurements:.1f} B/measurement, {summary.seconds:.2f} s "
             f"({summary.measurements / summary.seconds / 1e6:.2f} M measurements/s)"
         )
-        cfg = loader.LoaderConfig(seq_len=args.seq_len, batch_size=args.batch_size, read_threads=0)
+        cfg = loader.LoaderConfig(
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            read_threads=0,
+            rows_per_group=args.rows_per_group,
+        )
         ours = bench_loader(tmp / "rec", cfg, args.batches)
         py_rows = rows_as_python(tmp / "rec")
         check_seed_language(py_rows)

@@ -1,6 +1,6 @@
 """Grain training pipeline over probe rows (SPEC section 5).
 
-source -> host shard -> shuffle (per epoch) -> repeat -> K contexts per row (random map)
+source -> host shard -> shuffle (per epoch) -> repeat -> groups of rows -> K contexts per row, a group at a time (random map)
 -> first-fit packing into batch_size x seq_len rows with segment ids, positions, loss weights -> mp_prefetch.
 
 Every random choice goes through Grain's per-index `random_map` generator, so batches are a function of
@@ -10,6 +10,8 @@ Every random choice goes through Grain's per-index `random_map` generator, so ba
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from pingllm_core.loader_transforms import make_contexts
+from pingllm_core.loader_transforms import make_contexts, sample_rows
 from pingllm_core.records import ProbeRecordSource, ProbeRow
 
 __all__ = ["LoaderConfig", "make_contexts", "make_dataset", "make_train_iter", "iter_eval_batches", "Batch"]
@@ -46,10 +48,13 @@ class LoaderConfig:
     read_threads: int = 1  # Grain read threads per process (sampling is numpy + GIL: keep small)
     prefetch_rows: int = 16  # rows buffered per process (a row may be ~8 MB)
     worker_buffer_batches: int = 4  # batches buffered per worker process
+    rows_per_group: int = 8  # rows sampled together in one vectorised pass (amortises numpy call overhead)
 
     def __post_init__(self) -> None:
         if self.seq_len < 64:
             raise ValueError(f"seq_len must hold a measurement (>= 64 tokens), got {self.seq_len}")
+        if self.rows_per_group < 1:
+            raise ValueError(f"rows_per_group must be >= 1, got {self.rows_per_group}")
         if self.batch_size < 1 or self.workers < 0 or self.max_contexts_per_row < 1 or self.meas_per_k < 1:
             raise ValueError("batch_size, max_contexts_per_row, meas_per_k must be >= 1; workers >= 0")
         if len(self.mode_probs) != 3 or min(self.mode_probs) < 0 or abs(sum(self.mode_probs) - 1) > 1e-6:
@@ -63,104 +68,154 @@ class LoaderConfig:
 
 
 @dataclass(frozen=True)
-class _RowContexts(grain.transforms.RandomMap):
-    """Row -> list of K token contexts (dicts ready for packing)."""
+class _GroupContexts(grain.transforms.RandomMap):
+    """A group of rows -> (flat int32 tokens of all their contexts, tokens per context), in one pass."""
 
     cfg: LoaderConfig
 
-    def random_map(self, element: ProbeRow, rng: np.random.Generator) -> list[np.ndarray]:
-        return make_contexts(element, rng, self.cfg)
+    def random_map(self, element: list[ProbeRow], rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+        toks, sizes, _, _, _ = sample_rows(element, rng, self.cfg)
+        return toks, sizes.tolist()
 
 
-class _EpochShuffle(grain.MapDataset):
-    """Rows in a fresh random order each epoch: a numpy permutation per (seed, epoch), cached.
+class _RowGroups(grain.MapDataset):
+    """Epochs of rows, shuffled per epoch, cut into consecutive groups of `group` rows.
 
-    Replaces `MapDataset.shuffle`, whose per-index Feistel shuffle costs ~0.1 ms a row (more than
-    sampling a small row). Index i of epoch e maps to parent index e * n + perm_e[i], as Grain's does.
+    Element j is the list of rows at positions j*group .. j*group+group-1 of the concatenated epochs;
+    epoch e visits the rows in a numpy permutation seeded by (seed, e) (cached: Grain's per-index Feistel
+    shuffle costs ~0.1 ms a row). Sampling a whole group at once amortises numpy's per-call overhead.
     """
 
-    def __init__(self, parent: grain.MapDataset, seed: int):
+    def __init__(
+        self, parent: grain.MapDataset, group: int, seed: int, shuffle: bool, num_epochs: int | None
+    ):
         super().__init__(parent)
-        self._seed = seed
-        self._cached: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))  # (epoch, permutation)
+        self._group, self._seed, self._shuffle = group, seed, shuffle
+        n = len(parent)
+        total = n * num_epochs if num_epochs is not None else sys.maxsize // 2
+        self._len = -(-total // group)
+        self._total = total
+        self._cached: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self._parent)
+        return self._len
 
     def __str__(self) -> str:
-        return f"_EpochShuffle(seed={self._seed})"
+        return f"_RowGroups(group={self._group}, seed={self._seed}, shuffle={self._shuffle})"
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        perm = self._cached.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self._seed, epoch]).permutation(len(self._parent))
+            self._cached = {epoch: perm, **{e: p for e, p in self._cached.items() if e == epoch - 1}}
+        return perm
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
         n = len(self._parent)
-        epoch, i = divmod(index, n)
-        cached = self._cached  # one read: safe with several read threads
-        if cached[0] != epoch:
-            cached = (epoch, np.random.default_rng([self._seed, epoch]).permutation(n))
-            self._cached = cached
-        return self._parent[epoch * n + int(cached[1][i])]
+        p0 = index * self._group
+        out = []
+        for p in range(p0, min(p0 + self._group, self._total)):
+            epoch, i = divmod(p, n)
+            out.append(self._parent[int(self._perm(epoch)[i]) if self._shuffle else i])
+        return out
 
 
 class _PackIterator(grain.DatasetIterator):
-    """First-fit packing of each row's contexts into batch_size rows of seq_len tokens.
+    """First-fit packing of each group's contexts into batch_size rows of seq_len tokens.
 
-    The state is the parent's state before the current probe row plus how many of its contexts are
-    already in emitted batches; restoring re-derives that row's contexts (deterministic) and goes on.
+    The state is the parent's state before the current group plus how many of its contexts are already
+    in emitted batches; restoring re-derives that group's contexts (deterministic) and goes on. Placement
+    is decided in Python on context sizes; each batch is then written with one scatter per array.
     """
 
     def __init__(self, parent: grain.DatasetIterator, seq_len: int, batch_size: int):
         super().__init__(parent)
         self._seq_len, self._batch_size = seq_len, batch_size
-        self._row_state = parent.get_state()  # parent state before the row in self._contexts
-        self._contexts: list[np.ndarray] = []
-        self._next = 0  # next context of that row to place
-        self._arange = np.arange(seq_len, dtype=np.int32)
+        self._row_state = parent.get_state()  # parent state before the group in self._toks/_sizes
+        self._set_group(np.zeros(0, np.int32), [])
+        self._next = 0  # next context of that group to place
+        self._pad = np.zeros(seq_len, np.int32)
 
-    def _advance_row(self) -> None:
+    def _set_group(self, toks: np.ndarray, sizes: list[int]) -> None:
+        self._toks, self._sizes = toks, sizes
+        self._offsets = list(itertools.accumulate(sizes, initial=0))
+
+    def _advance_group(self) -> None:
         while True:
             self._row_state = self._parent.get_state()
-            self._contexts = next(self._parent)  # StopIteration ends the pass
+            toks, sizes = next(self._parent)  # StopIteration ends the pass
+            self._set_group(toks, sizes)
             self._next = 0
-            if self._contexts:
+            if sizes:
                 return
 
     def __next__(self) -> Batch:
         seq_len, rows = self._seq_len, self._batch_size
-        shape = (rows, seq_len)
-        toks, seg, pos = np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-        weights = np.zeros(shape, np.float32)
         fill = [0] * rows  # tokens used per packed row
         count = [0] * rows  # contexts per packed row (segment ids 1..count)
-        arange = self._arange
-        placed = 0
+        pieces: list[np.ndarray] = []
+        dest: list[int] = []  # flat start of each placed context in the batch
+        seg_id: list[int] = []
+        lens: list[int] = []
         while True:
-            if self._next >= len(self._contexts):
+            if self._next >= len(self._sizes):
                 try:
-                    self._advance_row()
+                    self._advance_group()
                 except StopIteration:
-                    if placed == 0:
+                    if not pieces:
                         raise
                     break
-            ctx = self._contexts[self._next]
-            size = len(ctx)
+            j = self._next
+            size = self._sizes[j]
+            if size == 0:
+                self._next += 1
+                continue
             for b in range(rows):  # first fit
                 if fill[b] + size <= seq_len:
                     break
             else:  # no row has room: emit; this context opens the next batch
                 break
-            a = fill[b]
-            end = a + size
+            o = self._offsets[j]
+            pieces.append(self._toks[o : o + size])
+            dest.append(b * seq_len + fill[b])
             count[b] += 1
-            toks[b, a:end] = ctx
-            seg[b, a:end] = count[b]
-            pos[b, a:end] = arange[:size]
-            # Token t is a target iff it is real and its segment has an earlier token to predict it from.
-            weights[b, a + 1 : end] = 1.0
-            fill[b] = end
+            seg_id.append(count[b])
+            lens.append(size)
+            fill[b] += size
             self._next += 1
-            placed += 1
-        return {"tokens": toks, "segment_ids": seg, "positions": pos, "weights": weights}
+        # Contexts in (packed row, offset) order, each row's padding after its last one, lay out the
+        # flat batch: one concatenate / repeat per array, no scatter.
+        order = sorted(range(len(dest)), key=dest.__getitem__)
+        pad = self._pad
+        parts: list[np.ndarray] = []
+        sizes: list[int] = []
+        ids: list[int] = []
+        k = 0
+        for b in range(rows):
+            while k < len(order) and dest[order[k]] < (b + 1) * seq_len:
+                i = order[k]
+                parts.append(pieces[i])
+                sizes.append(lens[i])
+                ids.append(seg_id[i])
+                k += 1
+            if fill[b] < seq_len:
+                parts.append(pad[: seq_len - fill[b]])
+                sizes.append(seq_len - fill[b])
+                ids.append(0)
+        shape = (rows, seq_len)
+        toks = np.concatenate(parts).reshape(shape)
+        sz = np.array(sizes, np.int64)
+        seg = np.repeat(np.array(ids, np.int32), sz)
+        positions = np.arange(rows * seq_len, dtype=np.int32) - np.repeat(
+            (np.cumsum(sz) - sz).astype(np.int32), sz
+        )
+        positions *= seg > 0  # padding: position 0
+        # Token t is a target iff it is real and its segment has an earlier token to predict it from.
+        weights = (positions > 0).astype(np.float32).reshape(shape)
+        seg, positions = seg.reshape(shape), positions.reshape(shape)
+        return {"tokens": toks, "segment_ids": seg, "positions": positions, "weights": weights}
 
     def get_state(self) -> dict[str, Any]:
         return {"parent": self._row_state, "next_context": self._next}
@@ -169,10 +224,11 @@ class _PackIterator(grain.DatasetIterator):
         self._parent.set_state(state["parent"])
         self._row_state = state["parent"]
         try:
-            self._contexts = next(self._parent)
+            toks, sizes = next(self._parent)
         except StopIteration:
-            self._contexts = []
-        self._next = state["next_context"] if self._contexts else 0
+            toks, sizes = np.zeros(0, np.int32), []
+        self._set_group(toks, sizes)
+        self._next = state["next_context"] if sizes else 0
 
 
 class _PackDataset(grain.IterDataset):
@@ -191,14 +247,15 @@ def make_dataset(records_dir: str | Path, cfg: LoaderConfig) -> grain.IterDatase
     ds = grain.MapDataset.source(ProbeRecordSource(records_dir))
     if cfg.shard_count > 1:
         ds = ds[cfg.shard_index :: cfg.shard_count]
-    if cfg.shuffle:
-        ds = _EpochShuffle(ds, cfg.seed)
-    ds = ds.repeat(cfg.num_epochs)
-    # The generator of element i is seeded from (seed, i); i runs on across epochs, so each epoch
-    # samples new windows, modes and field orders.
-    ds = ds.random_map(_RowContexts(cfg), seed=cfg.seed + 1)
+    ds = _RowGroups(ds, cfg.rows_per_group, cfg.seed, cfg.shuffle, cfg.num_epochs)
+    # The generator of group j is seeded from (seed, j); j runs on across epochs, so each epoch samples
+    # new windows, modes and field orders.
+    ds = ds.random_map(_GroupContexts(cfg), seed=cfg.seed + 1)
     it = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_rows)
+        grain.ReadOptions(
+            num_threads=cfg.read_threads,
+            prefetch_buffer_size=max(1, cfg.prefetch_rows // cfg.rows_per_group),
+        )
     )
     it = _PackDataset(it, cfg.seq_len, cfg.batch_size)
     if cfg.workers > 0:

@@ -1,11 +1,14 @@
 """Per-row context sampling for the training loader (SPEC section 5): windows, timestamp modes, tokens.
 
-All K contexts of a row are sampled and encoded together: one generator call per kind of draw (modes,
-windows, subsamples, shuffles, field orders) across all contexts, and one vectorised encoder pass that
-first computes every measurement's token count, cuts each context after its last whole measurement in
-seq_len and only then writes the tokens of the measurements that are kept. There is no Python loop per
-context or per measurement. Pure numpy, driven only by the `np.random.Generator` it is given, so Grain's
-per-index seeding makes every context reproducible from (seed, epoch, index).
+All contexts of a group of rows (K per row) are sampled and encoded together (`sample_rows`): the rows'
+columns are concatenated, so numpy's per-call overhead is paid once per group, not once per row. There is
+one generator call per kind of draw (modes, windows, subsamples, shuffles, field orders) across all
+contexts, and one vectorised encoder pass that first computes every measurement's token count, cuts each
+context after its last whole measurement in seq_len and only then writes the tokens of the measurements
+that are kept. There is no Python loop per context or per measurement. Pure numpy, driven only by the
+`np.random.Generator` it is given, so Grain's per-index seeding (one generator per group of rows, the
+group index being a function of epoch and position) makes every context reproducible from (seed, epoch,
+index) for a fixed group size.
 """
 
 from __future__ import annotations
@@ -127,31 +130,6 @@ def target_measurements(seq_len: int, base: float, time_share: np.ndarray) -> np
 
 def _segment_starts(sizes: np.ndarray) -> np.ndarray:
     return np.cumsum(sizes) - sizes
-
-
-def _windows(time: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """[a, b) per context: a log-uniform time window of a large row (the whole row when it is small)."""
-    n, k = len(time), len(target)
-    a, b = np.zeros(k, np.int64), np.full(k, n, np.int64)
-    big = target < n
-    if not big.any():
-        return a, b
-    span = float(time[-1] - time[0])
-    r = rng.random((2, k))
-    if span > 0:
-        # From the window that holds `target` measurements on average up to the whole row, log-uniform.
-        lo = np.log(span * target[big] / n)
-        w = np.exp(lo + r[0, big] * (math.log(span) - lo))
-        t0 = time[0] + r[1, big] * (span - w)
-        # Times are whole seconds: the first time >= x is the first time >= ceil(x); search as integers.
-        ab = np.searchsorted(time, np.ceil(np.concatenate([t0, t0 + w])).astype(time.dtype), side="left")
-        m = len(t0)
-        a[big], b[big] = ab[:m], np.maximum(ab[m:], ab[:m] + 1)
-    # Too sparse a window: widen it around its centre to exactly `target` measurements.
-    sparse = big & (b - a < target)
-    a[sparse] = np.clip((a[sparse] + b[sparse] - target[sparse]) // 2, 0, n - target[sparse])
-    b[sparse] = a[sparse] + target[sparse]
-    return a, b
 
 
 def _subsample(a: np.ndarray, b: np.ndarray, target: np.ndarray, rng: np.random.Generator):
@@ -353,53 +331,164 @@ def encode_contexts(
     return toks, np.cumsum(sizes) - sizes
 
 
-def _sample(row: ProbeRow, rng: np.random.Generator, cfg: LoaderConfig, k: int, base: float):
-    """Sample and encode k contexts of a row: (flat int32 tokens, tokens per context, modes, measurements)."""
-    u = rng.random(k)  # modes (cheaper than rng.choice(p=...))
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def sample_rows(
+    rows: list[ProbeRow], rng: np.random.Generator, cfg: LoaderConfig, k: np.ndarray | None = None
+):
+    """Sample and encode the contexts of several rows in one vectorised pass.
+
+    The rows' columns are concatenated (table indices offset per row) and every step below runs once over
+    all contexts of all rows: base token estimates, modes, windows, subsamples, orders, layouts, tokens.
+    `k[r]` contexts come from row r (default K = min(ceil(n / meas_per_k), max_contexts)).
+    Returns (flat int32 tokens, tokens per context, mode per context, measurements per context, k).
+    """
+    nr = len(rows)
+    ns = np.array([r.n for r in rows], np.int64)
+    if k is None:
+        k = np.clip(-(-ns // cfg.meas_per_k), 1, cfg.max_contexts_per_row)
+    rs = np.cumsum(ns) - ns  # first measurement of each row in the concatenation
+    time = _concat([r.time for r in rows])
+    rtt = _concat([r.rtt for r in rows])
+    ksrc = np.array([len(r.src_table_v6) for r in rows], np.int64)
+    kdst = np.array([len(r.dst_table_v6) for r in rows], np.int64)
+    rowid = np.repeat(np.arange(nr), ns) if nr > 1 else None
+    src_i = _concat([r.src_index for r in rows]).astype(np.int64)
+    dst_i = _concat([np.arange(r.n) if r.dst_index is None else r.dst_index for r in rows]).astype(np.int64)
+    if nr > 1:
+        src_i += np.repeat(np.cumsum(ksrc) - ksrc, ns)
+        dst_i += np.repeat(np.cumsum(kdst) - kdst, ns)
+    src_tab, src6_tab = _concat([r.src_table for r in rows]), _concat([r.src_table_v6 for r in rows])
+    dst_tab, dst6_tab = _concat([r.dst_table for r in rows]), _concat([r.dst_table_v6 for r in rows])
+    # Mean tokens per measurement without timestamps, per row: exact up to _EST_SAMPLE, sampled above.
+    m_est = np.minimum(ns, _EST_SAMPLE)
+    er = np.repeat(np.arange(nr), m_est)
+    local = np.arange(len(er)) - np.repeat(np.cumsum(m_est) - m_est, m_est)
+    big_row = ns > _EST_SAMPLE
+    if big_row.any():
+        local = np.where(big_row[er], (rng.random(len(er)) * ns[er]).astype(np.int64), local)
+    gi = rs[er] + local
+    w = 12 * (src6_tab[src_i[gi]].astype(np.int64) + dst6_tab[dst_i[gi]]) + 2 * (rtt[gi] >= 0)
+    base = 12.0 + np.bincount(er, weights=w, minlength=nr) / m_est
+    # Contexts.
+    kk = int(k.sum())
+    crow = np.repeat(np.arange(nr), k)
+    u = rng.random(kk)  # modes (cheaper than rng.choice(p=...))
     p_full, p_none = cfg.mode_probs[0], cfg.mode_probs[0] + cfg.mode_probs[1]
     mode = (u >= p_full).astype(np.int64) + (u >= p_none)
     share = np.array([1.0, 0.0, sum(cfg.mixed_keep) / 2])[mode]
-    target = target_measurements(cfg.seq_len, base, share)
-    a, b = _windows(row.time, target, rng)
+    target = target_measurements(cfg.seq_len, base[crow], share)
+    a, b = _windows_multi(time, rowid, rs, ns, crow, target, rng)
     pos, ctx, counts = _subsample(a, b, target, rng)
     order, has_time = _order_for_modes(pos, ctx, counts, mode, cfg.mixed_keep, rng)
     starts = _segment_starts(counts)
     new_context = np.zeros(len(order), bool)
     new_context[starts] = True
-    kind, value = _time_kinds(row.time[order], has_time, new_context)
-    # Each measurement gets its own random field order.
-    perm = rng.integers(0, len(PERMS), len(order))
-    s = row.src_index[order]
-    d = row.dst_rows(order)
-    rtt = row.rtt[order].astype(np.float64)
-    layout = _layouts(perm, row.src_table_v6[s], row.dst_table_v6[d], rtt < 0, kind)
+    kind, value = _time_kinds(time[order], has_time, new_context)
+    perm = rng.integers(0, len(PERMS), len(order))  # each measurement gets its own random field order
+    s = src_i[order]
+    d = dst_i[order]
+    rt = rtt[order]
+    src6, dst6 = src6_tab[s], dst6_tab[d]
+    layout = _layouts(perm, src6, dst6, rt < 0, kind)
     # Cut each context after its last whole measurement within seq_len, before writing any token.
     size = _LAYOUT_LEN[layout]
     end = np.cumsum(size)
     ctx_base = (end - size)[starts]
     fits = end - ctx_base[ctx] <= cfg.seq_len  # a prefix of each context (sizes are positive)
-    kept = np.bincount(ctx[fits], minlength=k)
-    ctx_tokens = np.bincount(ctx[fits], weights=size[fits], minlength=k).astype(np.int64)
+    kept = np.bincount(ctx[fits], minlength=kk)
+    ctx_tokens = np.bincount(ctx[fits], weights=size[fits], minlength=kk).astype(np.int64)
     sel = np.flatnonzero(fits)
-    src_tab = _addr_blocks(row.src_table, row.src_table_v6, tokens.SRC_IPV4, tokens.SRC_IPV6)
-    if row.dst_index is None:
-        dd = d[sel]
-        dst_blk = _addr_blocks(row.dst_table[dd], row.dst_table_v6[dd], tokens.DST_IPV4, tokens.DST_IPV6)
-    else:
-        dst_blk = _addr_blocks(row.dst_table, row.dst_table_v6, tokens.DST_IPV4, tokens.DST_IPV6)[d[sel]]
-    toks = _write_tokens(layout[sel], src_tab[s[sel]], dst_blk, rtt[sel], kind[sel], value[sel])
-    return toks, ctx_tokens, mode, kept
+    s, d = s[sel], d[sel]
+    toks = _write_fields(
+        layout[sel],
+        src_tab[s],
+        src6[sel],
+        dst_tab[d],
+        dst6[sel],
+        rt[sel].astype(np.float64),
+        kind[sel],
+        value[sel],
+    )
+    return toks, ctx_tokens, mode, kept, k
 
 
-def sample_context(row: ProbeRow, rng: np.random.Generator, cfg: LoaderConfig, base: float) -> Context:
-    """One context from a row: mode, window, order, shuffled fields, tokens cut to seq_len."""
-    toks, _, mode, kept = _sample(row, rng, cfg, 1, base)
+def _windows_multi(time, rowid, rs, ns, crow, target, rng):
+    """[a, b) per context in the concatenation: a log-uniform time window of its row (whole if small)."""
+    kk = len(target)
+    n_c, s_c = ns[crow], rs[crow]
+    a, b = s_c.copy(), s_c + n_c
+    big = target < n_c
+    if not big.any():
+        return a, b
+    first = time[rs]
+    span_r = (time[rs + ns - 1] - first).astype(np.float64)
+    span = span_r[crow]
+    r = rng.random((2, kk))
+    sel = big & (span > 0)
+    if sel.any():
+        sp, tg, cr = span[sel], target[sel], crow[sel]
+        lo = np.log(sp * tg / n_c[sel])
+        w = np.exp(lo + r[0, sel] * (np.log(sp) - lo))
+        t0 = r[1, sel] * (sp - w)
+        # Times relative to their row's first, rows shifted apart by 2**40 s: one sorted key array.
+        key = time - first[rowid] + (rowid << 40) if rowid is not None else time - first
+        q = np.ceil(np.concatenate([t0, t0 + w])).astype(np.int64) + np.tile(cr << 40, 2)
+        ab = np.searchsorted(key, q, side="left")
+        m = len(t0)
+        a[sel], b[sel] = ab[:m], np.maximum(ab[m:], ab[:m] + 1)
+    # Too sparse a window: widen it around its centre to exactly `target` measurements.
+    sparse = big & (b - a < target)
+    t, lo_, hi_ = target[sparse], s_c[sparse], s_c[sparse] + n_c[sparse]
+    a[sparse] = np.clip((a[sparse] + b[sparse] - t) // 2, lo_, hi_ - t)
+    b[sparse] = a[sparse] + t
+    return a, b
+
+
+def _write_fields(layout, src, src6, dst, dst6, rtt_ms, kind, value) -> np.ndarray:
+    """int32 tokens of measurements from raw address bytes (uint8[n,16]) and family flags."""
+    n = len(layout)
+    failed = rtt_ms < 0
+    codes = tokens.encode_rtt_ms(np.where(failed, 0.0, rtt_ms)).astype(np.int64)
+    v = np.empty((n, _VW), np.int16)
+    v[:, 0] = tokens.MEASUREMENT_START
+    v[:, 1] = np.where(src6, tokens.SRC_IPV6, tokens.SRC_IPV4)
+    np.add(src, np.int16(tokens.BYTE0), out=v[:, 2:18], casting="unsafe")
+    v[:, 18] = np.where(dst6, tokens.DST_IPV6, tokens.DST_IPV4)
+    np.add(dst, np.int16(tokens.BYTE0), out=v[:, 19:35], casting="unsafe")
+    v[:, 35] = np.where(failed, tokens.FAILED, tokens.RTT_START)
+    v[:, 36] = (codes >> 8) + tokens.BYTE0
+    v[:, 37] = (codes & 0xFF) + tokens.BYTE0
+    v[:, 38] = _TIME_MARKER[kind]
+    v[:, 39:47] = ((value[:, None] >> _TIME_SHIFT[kind]) & 0xFF) + tokens.BYTE0
+    return _gather_layout(v, layout)
+
+
+def _gather_layout(v: np.ndarray, layout: np.ndarray) -> np.ndarray:
+    """Token i of measurement j is column _FLAT_COLS[_LAYOUT_OFF[layout_j] + i] of value row j."""
+    n = len(layout)
+    size = _LAYOUT_LEN[layout]
+    start = np.cumsum(size) - size
+    k = np.repeat(_LAYOUT_OFF[layout] - start, size) + np.arange(int(size.sum()))
+    rows = np.repeat(np.arange(0, n * _VW, _VW), size)
+    return v.ravel()[rows + _FLAT_COLS[k]].astype(np.int32)
+
+
+def sample_context(
+    row: ProbeRow, rng: np.random.Generator, cfg: LoaderConfig, base: float | None = None
+) -> Context:
+    """One context from a row: mode, window, order, shuffled fields, tokens cut to seq_len.
+
+    `base` is accepted for compatibility and ignored: `sample_rows` estimates tokens per measurement itself.
+    """
+    toks, _, mode, kept, _ = sample_rows([row], rng, cfg, np.ones(1, np.int64))
     return Context(toks, int(mode[0]), int(kept[0]))
 
 
 def make_contexts(row: ProbeRow, rng: np.random.Generator, cfg: LoaderConfig) -> list[np.ndarray]:
     """The K token contexts (int32 arrays of at most seq_len tokens) that one row yields."""
-    k = contexts_per_row(row.n, cfg.meas_per_k, cfg.max_contexts_per_row)
-    toks, sizes, _, kept = _sample(row, rng, cfg, k, base_tokens_per_meas(row, rng))
+    toks, sizes, _, _, _ = sample_rows([row], rng, cfg)
     ends = np.cumsum(sizes).tolist()
     return [toks[e - s : e] for s, e in zip(sizes.tolist(), ends, strict=True) if s]

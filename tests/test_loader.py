@@ -112,10 +112,13 @@ def test_batched_encoder_matches_the_token_codec_per_context(rows):
 
 def test_large_rows_fill_the_context(rows):
     big = max(rows, key=lambda r: r.n)
-    lens = [len(c) for c in loader.make_contexts(big, np.random.default_rng(1), CFG)]
-    assert len(lens) == 16
-    # Truncation drops at most one measurement's worth (<= 47 tokens) below seq_len.
-    assert np.median(lens) > CFG.seq_len - 48 and min(lens) > 0.75 * CFG.seq_len
+    lens = np.array(
+        [[len(c) for c in loader.make_contexts(big, np.random.default_rng(s), CFG)] for s in range(20)]
+    )
+    assert lens.shape == (20, 16)
+    # Truncation drops at most one measurement's worth (<= 47 tokens) below seq_len; a window much richer
+    # in IPv6 than the row's average may fall short, rarely.
+    assert np.median(lens) > CFG.seq_len - 48 and np.mean(lens < 0.75 * CFG.seq_len) < 0.01
 
 
 def test_timestamp_modes_follow_their_rules_and_proportions(rows):
