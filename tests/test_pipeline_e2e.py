@@ -24,6 +24,7 @@ ASSETS = (
     "evaluation",
     "membership_audit_report",
     "poisoning_report",
+    "distilled_tiers",
 )
 DAY = "2024-07-01"
 RUN_CONFIG = {
@@ -36,6 +37,7 @@ RUN_CONFIG = {
         "evaluation": {"config": {"rows_per_split": 24, "context_rows": 8, "live_targets": 3}},
         "membership_audit_report": {"config": {"max_probes": 12, "contexts_per_probe": 1}},
         "poisoning_report": {"config": {"train_steps": 10, "model_rows": 8}},
+        "distilled_tiers": {"config": {"steps": 5, "rows": 5, "repeats": 2, "rank_candidates": 10}},
     }
 }
 

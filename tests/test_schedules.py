@@ -28,6 +28,7 @@ ALL_ASSETS = {
     "evaluation",
     "membership_audit_report",
     "poisoning_report",
+    "distilled_tiers",
 }
 
 
