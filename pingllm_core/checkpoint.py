@@ -73,6 +73,18 @@ def restore_step(
     return out.model, out.opt, out.meta
 
 
+def restore_latest(mgr: ocp.CheckpointManager, model_state, opt_state, it: Any):
+    """Resume from the newest finalized step, if any: (model_state, opt_state, step or None)."""
+    latest = mgr.latest_step()
+    if latest is None:
+        return model_state, opt_state, None
+    sharding = jax.tree.leaves(model_state)[0].sharding
+    model_state, opt_state, meta = restore_step(
+        mgr, latest, abstract_like(model_state, sharding), abstract_like(opt_state, sharding), it
+    )
+    return model_state, opt_state, int(meta["step"])
+
+
 def restore_model_state(ckpt_dir: Path, abstract_model, step: int | None = None) -> tuple[Any, int]:
     """Restore only the model state of a step (latest by default); returns (state, step)."""
     mgr = make_manager(ckpt_dir, keep=1_000_000)  # never deletes on read

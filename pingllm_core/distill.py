@@ -41,6 +41,7 @@ from flax import nnx
 from pingllm_core import checkpoint as ckpt
 from pingllm_core import figures as F
 from pingllm_core import metrics as M
+from pingllm_core.evaluate import context_before
 from pingllm_core.model import ModelConfig, Transformer, count_params, model_config
 from pingllm_core.step import (
     init_states,
@@ -247,18 +248,9 @@ def distill(
 
     mgr = ckpt.make_manager(ckpt_dir, keep=1)
     it = make_iter()
-    start, resumed_from = 0, None
-    latest = mgr.latest_step()
-    if latest is not None:
-        sharding = jax.tree.leaves(model_state)[0].sharding
-        model_state, opt_state, meta = ckpt.restore_step(
-            mgr,
-            latest,
-            ckpt.abstract_like(model_state, sharding),
-            ckpt.abstract_like(opt_state, sharding),
-            it,
-        )
-        start = resumed_from = int(meta["step"])
+    model_state, opt_state, resumed_from = ckpt.restore_latest(mgr, model_state, opt_state, it)
+    start = resumed_from or 0
+    if resumed_from is not None:
         say(f"distill: resumed from step {start} in {ckpt_dir}")
     ckpt.write_json(ckpt_dir / ckpt.MODEL_CONFIG_FILE, student_cfg.to_dict())
     ckpt.write_json(
@@ -310,22 +302,6 @@ class TierTable:
     rows: list[dict]
     markdown: str
     figure: Path | None
-
-
-def _context(df: pd.DataFrame, row: int, k: int):
-    """Up to k measurements of the same source just before `row` (df sorted by src, time), timestamped."""
-    from pingllm_core.query import make_measurements
-
-    if k <= 0:
-        return None
-    src, t = df.src_addr.iat[row], df.time.iat[row]
-    prev = df.iloc[max(0, row - 4 * k) : row]
-    prev = prev[(prev.src_addr == src) & (prev.time < t)].tail(k)
-    if prev.empty:
-        return None
-    return make_measurements(
-        prev.time.tolist(), prev.src_addr.tolist(), prev.dst_addr.tolist(), prev.rtt.tolist()
-    )
 
 
 def _p50_ms_interleaved(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
@@ -384,7 +360,7 @@ def tier_table(
     rows = np.sort(rng.choice(ok, size=min(n_rows, len(ok)), replace=False)) if len(ok) else np.zeros(0, int)
     if not len(rows):
         raise ValueError("no successful held-out rows to score")
-    ctxs = [_context(df, int(r), context_k) for r in rows]
+    ctxs = [context_before(df, int(r), context_k) for r in rows]
     true = df.rtt.to_numpy()[rows].astype(np.float64)
     r0 = int(rows[0])
     src0, dst0, t0, ctx0 = df.src_addr.iat[r0], df.dst_addr.iat[r0], int(df.time.iat[r0]), ctxs[0]

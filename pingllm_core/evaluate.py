@@ -67,11 +67,11 @@ def unigram_cross_entropy(batches: Iterable[dict]) -> float:
     return float(-(p[nz] * np.log(p[nz])).sum())
 
 
-def _context(df: pd.DataFrame, row: int, k: int, timed: bool = True):
-    """The k measurements of the same source just before row `row` (df sorted by src, time)."""
+def context_before(df: pd.DataFrame, row: int, k: int, timed: bool = True):
+    """Up to k measurements of the same source just before row `row` (df sorted by src, time); None if none."""
     from pingllm_core.query import make_measurements
 
-    if k == 0:
+    if k <= 0:
         return None
     src, t = df.src_addr.iat[row], df.time.iat[row]
     prev = df.iloc[max(0, row - 4 * k) : row]
@@ -107,7 +107,7 @@ def _model_rows(engine, df: pd.DataFrame, rows: np.ndarray, k: int, timed: bool 
     """Model predictions for `rows` of df with k context measurements each (time given when `timed`)."""
     out = []
     for r in rows:
-        ctx = _context(df, int(r), k, timed)
+        ctx = context_before(df, int(r), k, timed)
         t = int(df.time.iat[r]) if timed else None
         pred = engine.predict(df.src_addr.iat[r], df.dst_addr.iat[r], time=t, context=ctx)
         out.append(

@@ -146,18 +146,9 @@ def train(
     mgr = ckpt.make_manager(ckpt_dir, train_cfg.keep_checkpoints)
 
     it = make_iter()
-    start, resumed_from = 0, None
-    latest = mgr.latest_step()
-    if latest is not None:
-        sharding = jax.tree.leaves(model_state)[0].sharding
-        model_state, opt_state, meta = ckpt.restore_step(
-            mgr,
-            latest,
-            ckpt.abstract_like(model_state, sharding),
-            ckpt.abstract_like(opt_state, sharding),
-            it,
-        )
-        start = resumed_from = int(meta["step"])
+    model_state, opt_state, resumed_from = ckpt.restore_latest(mgr, model_state, opt_state, it)
+    start = resumed_from or 0
+    if resumed_from is not None:
         say(f"resumed from step {start} in {ckpt_dir}")
     elif train_cfg.init_from:
         model_state = _params_from(train_cfg.init_from, model_cfg, model_def, model_state)
