@@ -30,7 +30,10 @@ class ProjectSettings:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-        start, end = self.days[0], self.days[-1]
+        try:
+            start, end = dt.date.fromisoformat(self.start_day), dt.date.fromisoformat(self.end_day)
+        except ValueError as exc:
+            raise ValueError(f"start_day/end_day must be YYYY-MM-DD: {exc}") from None
         if end < start:
             raise ValueError(f"end_day {self.end_day} is before start_day {self.start_day}")
 
