@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import os
 
 import dagster as dg
 
@@ -11,6 +12,8 @@ from pingllm_assets.raw import raw_ping_dumps
 from pingllm_assets.resources import PingllmSettings
 from pingllm_core.parse import ParseConfig, parse_files
 from pingllm_core.splits import CHECK_NAMES, SplitConfig, check_splits, make_sample, make_splits
+
+DISTINCT_COUNTS = ("probes", "public_sources", "destinations")
 
 
 class ParseAssetConfig(dg.Config):
@@ -48,8 +51,6 @@ def measurements(
     context: dg.AssetExecutionContext, config: ParseAssetConfig, pingllm: PingllmSettings
 ) -> dg.MaterializeResult:
     """One row per ping packet (SPEC schema); each day replaces its own Parquet slice."""
-    import os
-
     layout = pingllm.layout
     cfg = ParseConfig(collapse=config.collapse, workers=config.workers or os.cpu_count() or 1)
     totals: dict[str, int] = {}
@@ -66,7 +67,10 @@ def measurements(
         out = layout.measurements / f"date={key}" / "part-0.parquet"
         summary = parse_files(files, out, cfg, progress=context.log.info)
         for k, v in summary.stats.items():
-            totals[k] = totals.get(k, 0) + int(v)
+            if k in DISTINCT_COUNTS:  # distinct within a day: summing days would count a probe twice
+                totals[f"{key}/{k}"] = int(v)
+            else:
+                totals[k] = totals.get(k, 0) + int(v)
         truncated += [str(p) for p in summary.truncated_files]
         rejects += summary.rejects[:20]
         rows_per_s.append(summary.rows_per_s)
