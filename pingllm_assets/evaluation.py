@@ -10,6 +10,10 @@ from pingllm_core.evaluate import EvalConfig, evaluate
 from pingllm_core.query import QueryEngine
 from pingllm_core.tracking_mlflow import MlflowTracker, local_tracking_uri
 
+# Model sanity beyond the loss gate: a WARN (non-blocking) check, so a weak model is visible in the UI
+# without stopping anything downstream.
+CHECK_BEATS_GLOBAL = "model_beats_global_median"
+
 
 class EvalAssetConfig(dg.Config):
     """Evaluation sizes (rows are drawn reproducibly from `seed`)."""
@@ -22,7 +26,17 @@ class EvalAssetConfig(dg.Config):
 
 
 @dg.asset(
-    deps=[trained_model], backfill_policy=SINGLE_RUN, group_name="model", kinds={"matplotlib", "mlflow"}
+    deps=[trained_model],
+    backfill_policy=SINGLE_RUN,
+    group_name="model",
+    kinds={"matplotlib", "mlflow"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_BEATS_GLOBAL,
+            asset="evaluation",
+            description="held-out median relative error of the model below the global-median baseline's",
+        )
+    ],
 )
 def evaluation(
     context: dg.AssetExecutionContext, config: EvalAssetConfig, pingllm: PingllmSettings
@@ -62,4 +76,20 @@ def evaluation(
     meta["report"] = dg.MetadataValue.md(result.report.read_text())
     meta["report_path"] = dg.MetadataValue.path(str(result.report))
     meta["seconds"] = result.seconds
-    return dg.MaterializeResult(metadata=meta)
+    held = result.metrics["splits"].get("heldout_probes", {})
+    model_err = held.get("model", {}).get("rel_p50", float("nan"))
+    global_err = held.get("global_median", {}).get("rel_p50", float("nan"))
+    beats = bool(model_err < global_err)
+    check = dg.AssetCheckResult(
+        check_name=CHECK_BEATS_GLOBAL,
+        passed=beats,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"model_rel_p50": float(model_err), "global_median_rel_p50": float(global_err)},
+        description=None
+        if beats
+        else (
+            f"the model's median relative error on held-out probes ({model_err:.3f}) is not below the global "
+            f"median's ({global_err:.3f}): train longer or use a larger tier"
+        ),
+    )
+    return dg.MaterializeResult(metadata=meta, check_results=[check])

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pingllm_assets.definitions import defs
+from pingllm_assets.evaluation import CHECK_BEATS_GLOBAL
 from pingllm_assets.measurements import splits
 from pingllm_assets.records import probe_records
 from pingllm_assets.resources import PingllmSettings
@@ -24,9 +25,12 @@ def specs_by_asset() -> dict[str, dict[str, dg.AssetCheckSpec]]:
     return out
 
 
-def test_checks_exist_where_the_graph_needs_them_and_all_block():
+def test_checks_exist_where_the_graph_needs_them_and_data_and_loss_gates_block():
     specs = specs_by_asset()
-    assert set(specs) == {"splits", "trained_model"}
+    assert set(specs) == {"splits", "trained_model", "evaluation"}
+    # Model quality against the global-median baseline warns in the UI but stops nothing.
+    assert set(specs["evaluation"]) == {CHECK_BEATS_GLOBAL}
+    assert not specs.pop("evaluation")[CHECK_BEATS_GLOBAL].blocking
     assert set(specs["splits"]) == set(CHECK_NAMES)
     assert {"train_non_empty", "heldout_probes_non_empty", "future_non_empty", "probes_disjoint",
             "future_after_cutoff", "train_before_cutoff"} <= set(specs["splits"])  # fmt: skip

@@ -80,6 +80,11 @@ def test_every_asset_is_materialized_with_metadata_in_the_instance(materialized,
             dg.AssetKey("trained_model")
         ).asset_materialization
         assert model_meta.metadata["eval_loss"].value < model_meta.metadata["unigram_loss"].value
+        # The evaluation's WARN check reports either way (it never blocks); its numbers are real.
+        key = dg.AssetCheckKey(dg.AssetKey("evaluation"), "model_beats_global_median")
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+        assert check is not None and check.evaluation is not None
+        assert "model_rel_p50" in check.evaluation.metadata
 
 
 def test_outputs_exist_on_disk(materialized):
