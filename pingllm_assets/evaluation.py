@@ -69,7 +69,10 @@ def evaluation(
     meta.update(
         flat_numbers(
             "",
-            {k: result.metrics.get(k, {}) for k in ("timestamp_logp", "pair_kl", "live_kl", "mode_accuracy")},
+            {
+                k: result.metrics.get(k, {})
+                for k in ("timestamp_logp", "pair_kl", "live_kl", "mode_accuracy", "mode_nll")
+            },
         )
     )
     meta["figures"] = png_markdown(result.figures)

@@ -319,7 +319,7 @@ def _mode_accuracy(engine, df, cfg, metrics, fig_dir) -> list[Path]:
     groups = [g for _, g in df.groupby("src_addr", sort=True) if len(g) >= 2][: cfg.mode_contexts]
     if not groups:
         return []
-    table = {}
+    table, nll_table = {}, {}
     for name, fld in _MODE_FIELDS.items():
         order = [f for f in (T.FIELD_SRC, T.FIELD_DST, T.FIELD_TIME, T.FIELD_RESULT) if f != fld] + [fld]
         probs = []
@@ -344,7 +344,12 @@ def _mode_accuracy(engine, df, cfg, metrics, fig_dir) -> list[Path]:
             )  # skip the first (absolute-time) measurement
             probs.append(p_correct[sel])
         table[name] = float(np.concatenate(probs).mean()) if probs else float("nan")
+        # The same tokens as NLL (nats/token): the per-field loss, e.g. whether RTT tokens are learned at all.
+        nll_table[name] = (
+            float(-np.log(np.maximum(np.concatenate(probs), LOG_FLOOR)).mean()) if probs else float("nan")
+        )
     metrics["mode_accuracy"] = table
+    metrics["mode_nll"] = nll_table
     return [F.fig_mode_accuracy(table, fig_dir / "mode_accuracy.png")]
 
 
@@ -360,7 +365,7 @@ def _write_report(path: Path, metrics: dict, figures: list[Path], cfg: EvalConfi
         for key in m:
             if key.endswith("_failure") and key != "model_failure":
                 lines += [f"Failures ({key[: -len('_failure')]}): {m[key]}", ""]
-    for key in ("context", "timestamp_logp", "pair_kl", "live_kl", "mode_accuracy"):
+    for key in ("context", "timestamp_logp", "pair_kl", "live_kl", "mode_accuracy", "mode_nll"):
         if key in metrics:
             lines += [
                 f"## {key}",

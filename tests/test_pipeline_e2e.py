@@ -99,6 +99,9 @@ def test_outputs_exist_on_disk(materialized):
     assert len(figures) >= 4 and all(p.stat().st_size > 5_000 for p in figures)
     metrics = json.loads((data / "evaluation" / "metrics.json").read_text())
     assert metrics["splits"]["heldout_probes"]["model"]["n"] > 0
+    # Per-field loss with that field predicted last: finite, positive nats for every field.
+    assert set(metrics["mode_nll"]) == {"src_ip", "dst_ip", "rtt", "timestamp"}
+    assert all(0 < v < 30 for v in metrics["mode_nll"].values())
     assert (data / "mlflow" / "mlflow.db").exists()
 
 
