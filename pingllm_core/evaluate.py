@@ -120,15 +120,20 @@ def _pick(n_avail: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n_avail, size=min(n, n_avail), replace=False)) if n_avail else np.zeros(0, int)
 
 
-def _summarise(scored: pd.DataFrame, df: pd.DataFrame, preds: dict[str, np.ndarray]) -> dict:
-    """Point metrics for the model and each baseline, distribution and failure metrics for the model."""
+def _summarise(
+    scored: pd.DataFrame,
+    df: pd.DataFrame,
+    rtt_preds: dict[str, np.ndarray],
+    fail_preds: dict[str, np.ndarray],
+) -> dict:
+    """Point metrics for the model and each RTT baseline, distribution metrics for the model, failure metrics
+    for the model and each failure baseline (`fail_preds`: P(failure) per row)."""
     true = df.rtt.to_numpy()[scored.row.to_numpy()]
     ok = true > 0
     out: dict = {"rows": int(len(scored)), "failed_rows": int((~ok).sum())}
     out["model"] = M.point_metrics(scored["median"].to_numpy()[ok], true[ok])
-    for name, p in preds.items():
-        if not name.endswith("_p"):
-            out[name] = M.point_metrics(p[ok], true[ok])
+    for name, p in rtt_preds.items():
+        out[name] = M.point_metrics(p[ok], true[ok])
     good = scored[ok]
     if len(good):
         out["model"].update(
@@ -137,9 +142,8 @@ def _summarise(scored: pd.DataFrame, df: pd.DataFrame, preds: dict[str, np.ndarr
             coverage80=float(good.covered80.mean()),
         )
     out["model_failure"] = M.failure_metrics(scored.p_fail.to_numpy(), ~ok)
-    for name, p in preds.items():
-        if name.endswith("_p"):  # a failure baseline's P(failure)
-            out[f"{name[:-2]}_failure"] = M.failure_metrics(p, ~ok)
+    for name, p in fail_preds.items():
+        out[f"{name}_failure"] = M.failure_metrics(p, ~ok)
     return out
 
 
@@ -183,24 +187,25 @@ def evaluate(
         scored["split"] = name
         scored["ip_version"] = df.ip_version.to_numpy()[rows]
         src, dst, tt = (df[c].to_numpy()[rows] for c in ("src_addr", "dst_addr", "time"))
-        preds = {n: b.predict(src, dst, tt) for n, b in baselines.items() if n != "destination_failure_rate"}
-        if "destination_failure_rate" in baselines:
-            preds["destination_failure_rate_p"] = baselines["destination_failure_rate"].predict_fail(
-                src, dst, tt
-            )
+        rtt_preds = {n: b.predict(src, dst, tt) for n, b in baselines.items() if b.predicts_rtt}
+        fail_preds = {
+            n: b.predict_fail(src, dst, tt)
+            for n, b in baselines.items()
+            if b.predicts_failure and not b.predicts_rtt
+        }
         if truth is not None:
-            preds["ground_truth_median"] = truth.true_median_rtt(list(src), list(dst), tt)
-        metrics["splits"][name] = _summarise(scored, df, preds)
+            rtt_preds["ground_truth_median"] = truth.true_median_rtt(list(src), list(dst), tt)
+        metrics["splits"][name] = _summarise(scored, df, rtt_preds, fail_preds)
         for v in (4, 6):
             sel = scored.ip_version.to_numpy() == v
             if sel.any():
-                sub_preds = {k: p[sel] for k, p in preds.items()}
-                metrics["by_ip_version"][f"{name}/ipv{v}"] = _summarise(scored[sel], df, sub_preds)
+                sub_rtt = {k: p[sel] for k, p in rtt_preds.items()}
+                sub_fail = {k: p[sel] for k, p in fail_preds.items()}
+                metrics["by_ip_version"][f"{name}/ipv{v}"] = _summarise(scored[sel], df, sub_rtt, sub_fail)
         true = df.rtt.to_numpy()[rows]
         rel_errors.setdefault("model", []).append(M.relative_errors(scored["median"].to_numpy(), true))
-        for n, p in preds.items():
-            if not n.endswith("_p"):
-                rel_errors.setdefault(n, []).append(M.relative_errors(p, true))
+        for n, p in rtt_preds.items():
+            rel_errors.setdefault(n, []).append(M.relative_errors(p, true))
         all_scored.append(scored)
         say(f"{name}: {len(rows)} rows scored, model median rel. error "
             f"{metrics['splits'][name]['model']['rel_p50']:.3f}")  # fmt: skip
@@ -255,20 +260,28 @@ def _timestamp_figure(engine, df, cfg, rng, metrics, fig_dir) -> list[Path]:
     return [F.fig_timestamp_logprob(with_ts, without, fig_dir / "timestamp_logprob.png")]
 
 
+def _busiest_pairs(ok: pd.DataFrame, n: int, min_rows: int = 1) -> pd.DataFrame:
+    """The n (src, dst) pairs with the most rows in `ok` (ties by address), with their median time `t`."""
+    pairs = ok.groupby(["src_addr", "dst_addr"]).agg(n=("rtt", "size"), t=("time", "median")).reset_index()
+    pairs = pairs[pairs.n >= min_rows]
+    return pairs.sort_values(["n", "src_addr", "dst_addr"], ascending=[False, True, True]).head(n)
+
+
+def _model_samples(engine, src: str, dst: str, t: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n RTTs (ms) drawn from the model's predicted distribution given success."""
+    pred = engine.predict(src, dst, time=t)
+    return rng.choice(pred.rtt_ms, size=n, p=pred.probs)
+
+
 def _pair_kl(engine, df: pd.DataFrame, cfg: EvalConfig) -> dict:
     """50-bin KL(empirical RTTs of a pair in this split || model samples) over the best-covered pairs."""
     rng = np.random.default_rng(cfg.seed + 2)
     ok = df[df.rtt > 0]
-    pairs = ok.groupby(["src_addr", "dst_addr"]).agg(n=("rtt", "size"), t=("time", "median")).reset_index()
-    pairs = pairs[pairs.n >= 10].sort_values(["n", "src_addr", "dst_addr"], ascending=[False, True, True])
     groups = {}
-    for p in pairs.head(cfg.kl_pairs).itertuples():
-        pred = engine.predict(p.src_addr, p.dst_addr, time=int(p.t))
+    for p in _busiest_pairs(ok, cfg.kl_pairs, min_rows=10).itertuples():
+        model = _model_samples(engine, p.src_addr, p.dst_addr, int(p.t), cfg.live_samples, rng)
         real = ok.rtt[(ok.src_addr == p.src_addr) & (ok.dst_addr == p.dst_addr)].to_numpy()
-        groups[(p.src_addr, p.dst_addr)] = (
-            real,
-            rng.choice(pred.rtt_ms, size=cfg.live_samples, p=pred.probs),
-        )
+        groups[(p.src_addr, p.dst_addr)] = (real, model)
     kl = M.per_pair_kl(groups, bins=50, min_samples=10).kl.dropna() if groups else pd.Series(dtype=float)
     return {"pairs": int(len(kl)), "mean": float(kl.mean()) if len(kl) else float("nan"),
             "median": float(kl.median()) if len(kl) else float("nan")}  # fmt: skip
@@ -279,10 +292,7 @@ def _live_grid(engine, splits, cfg, truth, metrics, fig_dir) -> list[Path]:
     rng = np.random.default_rng(cfg.seed + 1)
     df = pd.concat([d for d in splits.values() if len(d)])
     ok = df[df.rtt > 0]
-    pairs = ok.groupby(["src_addr", "dst_addr"]).agg(n=("rtt", "size"), t=("time", "median")).reset_index()
-    pairs = pairs.sort_values(["n", "src_addr", "dst_addr"], ascending=[False, True, True]).head(
-        cfg.live_targets
-    )
+    pairs = _busiest_pairs(ok, cfg.live_targets)
     targets, kls = [], []
     for p in pairs.itertuples():
         if truth is not None:
@@ -290,8 +300,7 @@ def _live_grid(engine, splits, cfg, truth, metrics, fig_dir) -> list[Path]:
             real = real[real > 0]
         else:
             real = ok[(ok.src_addr == p.src_addr) & (ok.dst_addr == p.dst_addr)].rtt.to_numpy()
-        pred = engine.predict(p.src_addr, p.dst_addr, time=int(p.t))
-        model = rng.choice(pred.rtt_ms, size=cfg.live_samples, p=pred.probs)
+        model = _model_samples(engine, p.src_addr, p.dst_addr, int(p.t), cfg.live_samples, rng)
         if len(real) < 2:
             continue
         kls.append(M.kl_binned(real, model))
