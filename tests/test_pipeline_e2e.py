@@ -13,19 +13,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from graph_assets import GRAPH_ASSETS
 
-ASSETS = (
-    "raw_ping_dumps",
-    "measurements",
-    "measurement_sample",
-    "splits",
-    "probe_records",
-    "trained_model",
-    "evaluation",
-    "membership_audit_report",
-    "poisoning_report",
-    "distilled_tiers",
-)
+ASSETS = GRAPH_ASSETS
 DAY = "2024-07-01"
 RUN_CONFIG = {
     "ops": {

@@ -5,6 +5,7 @@ import datetime as dt
 import dagster as dg
 import pytest
 from dagster._core.storage import tags as dagster_tags
+from graph_assets import GRAPH_ASSETS
 
 from pingllm_assets.definitions import defs
 from pingllm_assets.partitions import DAILY
@@ -18,18 +19,7 @@ from pingllm_assets.schedules import (
     refresh_job,
 )
 
-ALL_ASSETS = {
-    "raw_ping_dumps",
-    "measurements",
-    "measurement_sample",
-    "splits",
-    "probe_records",
-    "trained_model",
-    "evaluation",
-    "membership_audit_report",
-    "poisoning_report",
-    "distilled_tiers",
-}
+ALL_ASSETS = set(GRAPH_ASSETS)
 
 
 def tick(schedule: dg.ScheduleDefinition, day: str):
