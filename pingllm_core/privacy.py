@@ -170,12 +170,14 @@ def probe_loss_table(
     seed: int = 0,
     batch_size: int = 16,
     progress: Callable[[str], None] | None = None,
+    select: Callable[[int], bool] | None = None,
 ) -> ProbeLosses:
     """Score up to max_probes probes of `source` (a ProbeRecordSource, or a records folder) under `model`.
 
     Probes are drawn without replacement with `seed`; each probe's contexts come from its own generator
     seeded by (seed, prb_id), so a probe's score does not depend on which other probes were drawn.
     Pass the folder for large splits: probe ids then come from index.parquet instead of decoding every row.
+    `select(prb_id)` restricts the draw to the probes it accepts (id-less rows are passed as -1).
     """
     if max_probes < 1 or contexts_per_probe < 1 or batch_size < 1:
         raise ValueError("max_probes, contexts_per_probe and batch_size must be >= 1")
@@ -184,7 +186,10 @@ def probe_loss_table(
     src = records.ProbeRecordSource(source) if isinstance(source, str | Path) else source
     ids, unit_rows = _probe_units(source)
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(ids), size=min(max_probes, len(ids)), replace=False))
+    pool = np.arange(len(ids)) if select is None else np.flatnonzero([select(p) for p in ids])
+    if not len(pool):
+        raise ValueError("no probe of the source is selected")
+    pick = np.sort(rng.choice(pool, size=min(max_probes, len(pool)), replace=False))
     ctxs: list[np.ndarray] = []
     owner: list[int] = []
     for j, u in enumerate(pick):

@@ -9,6 +9,7 @@ GRAPH_ASSETS = (
     "trained_model",
     "evaluation",
     "membership_audit_report",
+    "privacy_mitigation_report",
     "poisoning_report",
     "distilled_tiers",
 )

@@ -26,6 +26,16 @@ RUN_CONFIG = {
         },
         "evaluation": {"config": {"rows_per_split": 24, "context_rows": 8, "live_targets": 3}},
         "membership_audit_report": {"config": {"max_probes": 12, "contexts_per_probe": 1}},
+        "privacy_mitigation_report": {
+            "config": {
+                "n_members": 8,
+                "expected_batch": 4,
+                "steps": 4,
+                "seq_len": 128,
+                "max_nonmembers": 12,
+                "contexts_per_probe": 1,
+            }  # fmt: skip
+        },
         "poisoning_report": {"config": {"train_steps": 10, "model_rows": 8}},
         "distilled_tiers": {"config": {"steps": 5, "rows": 5, "repeats": 2, "rank_candidates": 10}},
     }
@@ -93,6 +103,9 @@ def test_outputs_exist_on_disk(materialized):
     assert set(metrics["mode_nll"]) == {"src_ip", "dst_ip", "rtt", "timestamp"}
     assert all(0 < v < 30 for v in metrics["mode_nll"].values())
     assert (data / "mlflow" / "mlflow.db").exists()
+    rows = json.loads((data / "privacy" / "mitigation.json").read_text())
+    assert [r["variant"] for r in rows] == ["plain", "DP-SGD sigma=0.5 C=1"]
+    assert rows[0]["epsilon"] == float("inf") and 0 < rows[1]["epsilon"] < float("inf")
 
 
 def test_training_progress_reaches_the_run_log(materialized):
