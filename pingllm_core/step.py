@@ -63,18 +63,25 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 def init_states(
     model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, mesh: jax.sharding.Mesh
 ) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any]:
-    """(model graphdef, optimizer graphdef, model state, opt state), initialised replicated on the mesh."""
+    """(model graphdef, optimizer graphdef, model state, opt state), initialised replicated on the mesh.
+
+    Shapes come from `nnx.eval_shape` and the values from one jitted init whose outputs are placed by
+    `out_shardings`, so no full host copy of the parameters is built first (it matters for `base` on GPU).
+    """
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def build():
         model = Transformer(model_cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-    model, opt = build()
-    model_def, model_state = nnx.split(model)
-    opt_def, opt_state = nnx.split(opt)
+    def init():
+        model, opt = build()
+        return nnx.state(model), nnx.state(opt)
+
+    abstract_model, abstract_opt = nnx.eval_shape(build)
+    model_def, opt_def = nnx.graphdef(abstract_model), nnx.graphdef(abstract_opt)
     # Params are replicated (pure data parallel): each device holds a full copy.
-    model_state, opt_state = jax.device_put((model_state, opt_state), replicated)
+    model_state, opt_state = jax.jit(init, out_shardings=(replicated, replicated))()
     return model_def, opt_def, model_state, opt_state
 
 
