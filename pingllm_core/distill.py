@@ -44,6 +44,7 @@ from pingllm_core import metrics as M
 from pingllm_core.evaluate import context_before
 from pingllm_core.model import ModelConfig, Transformer, count_params, model_config
 from pingllm_core.step import (
+    eval_losses,
     init_states,
     lr_schedule,
     make_eval_step,
@@ -178,12 +179,7 @@ class DistillResult:
 
 
 def _eval_loss(model_def, model_state, batches: Sequence[dict], mesh) -> float:
-    step = make_eval_step(model_def, mesh)
-    nll = w = 0.0
-    for b in batches:
-        n, s = step(model_state, put_batch(b, mesh))
-        nll, w = nll + float(n), w + float(s)
-    return nll / max(w, 1.0)
+    return eval_losses(make_eval_step(model_def, mesh), model_state, batches, mesh)["loss"]
 
 
 def _teacher_for_compute(teacher: Transformer, teacher_cfg: ModelConfig, dtype: str | None):

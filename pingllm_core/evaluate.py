@@ -67,6 +67,30 @@ def unigram_cross_entropy(batches: Iterable[dict]) -> float:
     return float(-(p[nz] * np.log(p[nz])).sum())
 
 
+def result_marginal_entropy(batches: Iterable[dict]) -> float:
+    """NLL (nats/token) on the result field's tokens of the best model that ignores the pair and the context.
+
+    Each of the result's slots (<RttStart>/<Failed>, RTT byte 1, RTT byte 2) gets its own empirical
+    distribution over the batches; this is their token-weighted entropy. A model whose held-out result loss
+    (`TrainResult.eval_result_loss`) is not below it predicts one global RTT distribution for every query.
+    """
+    counts = np.zeros((3, T.VOCAB_SIZE))
+    for b in batches:
+        toks, w = np.asarray(b["tokens"])[:, 1:], np.asarray(b["weights"])[:, 1:]
+        start = toks == T.RTT_START
+        slots = (start | (toks == T.FAILED), np.pad(start[:, :-1], ((0, 0), (1, 0))),
+                 np.pad(start[:, :-2], ((0, 0), (2, 0))))  # fmt: skip
+        for i, sel in enumerate(slots):
+            counts[i] += np.bincount(toks[sel], weights=w[sel], minlength=T.VOCAB_SIZE)
+    total = counts.sum()
+    if total == 0:
+        return float("nan")
+    p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(counts > 0, counts * np.log(p), 0.0)
+    return float(-plogp.sum() / total)
+
+
 def context_before(df: pd.DataFrame, row: int, k: int, timed: bool = True):
     """Up to k measurements of the same source just before row `row` (df sorted by src, time); None if none."""
     from pingllm_core.query import make_measurements

@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from pingllm_core.model import ModelConfig, Transformer
+from pingllm_core.tokens import FAILED, RTT_START
 
 Batch = dict[str, Any]  # {"tokens", "segment_ids", "positions"} int32 [B, L], "weights" float32 [B, L]
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "weights")
@@ -42,13 +43,34 @@ def make_tx(
     )
 
 
-def weighted_xent(logits_BxLxV: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """(sum of weighted next-token NLL, sum of weights): tokens[:, 1:] from logits[:, :-1], float32."""
+def result_mask(tokens_BxL: jax.Array) -> jax.Array:
+    """True on the result field's tokens: <RttStart> or <Failed>, and the two RTT bytes after <RttStart>."""
+    start_BxL = tokens_BxL == RTT_START
+    after1_BxL = jnp.pad(start_BxL[:, :-1], ((0, 0), (1, 0)))
+    after2_BxL = jnp.pad(start_BxL[:, :-2], ((0, 0), (2, 0)))
+    return start_BxL | after1_BxL | after2_BxL | (tokens_BxL == FAILED)
+
+
+def xent_sums(logits_BxLxV: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Weighted next-token NLL sums, float32: {"nll", "weight"} over all targets, and {"result_nll",
+    "result_weight"} over the result field's targets only (the RTT, what a query asks for most)."""
     logp_BxLxV = jax.nn.log_softmax(logits_BxLxV[:, :-1].astype(jnp.float32))
     target_BxL = batch["tokens"][:, 1:]
     nll_BxL = -jnp.take_along_axis(logp_BxLxV, target_BxL[..., None], axis=-1)[..., 0]
     w_BxL = batch["weights"][:, 1:].astype(jnp.float32)
-    return jnp.sum(nll_BxL * w_BxL), jnp.sum(w_BxL)
+    rw_BxL = w_BxL * result_mask(target_BxL)
+    return {
+        "nll": jnp.sum(nll_BxL * w_BxL),
+        "weight": jnp.sum(w_BxL),
+        "result_nll": jnp.sum(nll_BxL * rw_BxL),
+        "result_weight": jnp.sum(rw_BxL),
+    }
+
+
+def weighted_xent(logits_BxLxV: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """(sum of weighted next-token NLL, sum of weights): tokens[:, 1:] from logits[:, :-1], float32."""
+    sums = xent_sums(logits_BxLxV, batch)
+    return sums["nll"], sums["weight"]
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -96,12 +118,17 @@ def make_train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, mesh: jax.sh
 
         def loss_fn(model: Transformer):
             logits = model(batch["tokens"], batch["segment_ids"], batch["positions"], deterministic=False)
-            nll_sum, w_sum = weighted_xent(logits, batch)
-            return nll_sum / jnp.maximum(w_sum, 1.0), w_sum
+            sums = xent_sums(logits, batch)
+            return sums["nll"] / jnp.maximum(sums["weight"], 1.0), sums
 
-        (loss, w_sum), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, sums), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         opt.update(model, grads)
-        metrics = {"loss": loss, "weighted_tokens": w_sum, "grad_norm": optax.global_norm(grads)}
+        metrics = {
+            "loss": loss,
+            "result_loss": sums["result_nll"] / jnp.maximum(sums["result_weight"], 1.0),
+            "weighted_tokens": sums["weight"],
+            "grad_norm": optax.global_norm(grads),
+        }
         return (nnx.state(model), nnx.state(opt)), metrics
 
     return jax.jit(
@@ -113,16 +140,28 @@ def make_train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, mesh: jax.sh
 
 
 def make_eval_step(model_def: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
-    """The jitted eval step (model_state, batch) -> (nll_sum, weight_sum), deterministic."""
+    """The jitted eval step (model_state, batch) -> `xent_sums` dict, deterministic."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
     def step(model_state, batch: Batch):
         model = nnx.merge(model_def, model_state)
         logits = model(batch["tokens"], batch["segment_ids"], batch["positions"], deterministic=True)
-        return weighted_xent(logits, batch)
+        return xent_sums(logits, batch)
 
     return jax.jit(step, in_shardings=(replicated, data), out_shardings=replicated)
+
+
+def eval_losses(eval_step: Callable, model_state, batches, mesh: jax.sharding.Mesh) -> dict[str, float]:
+    """{"loss", "result_loss"}: weighted mean NLL (nats/token) over `batches`, all tokens and result tokens."""
+    tot = {"nll": 0.0, "weight": 0.0, "result_nll": 0.0, "result_weight": 0.0}
+    for batch in batches:
+        sums = jax.device_get(eval_step(model_state, put_batch(batch, mesh)))
+        tot = {k: v + float(sums[k]) for k, v in tot.items()}
+    return {
+        "loss": tot["nll"] / max(tot["weight"], 1.0),
+        "result_loss": tot["result_nll"] / max(tot["result_weight"], 1.0),
+    }
 
 
 def put_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Batch:

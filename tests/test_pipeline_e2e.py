@@ -80,6 +80,8 @@ def test_every_asset_is_materialized_with_metadata_in_the_instance(materialized,
             dg.AssetKey("trained_model")
         ).asset_materialization
         assert model_meta.metadata["eval_loss"].value < model_meta.metadata["unigram_loss"].value
+        assert 0 < model_meta.metadata["eval_rtt_loss"].value < 30
+        assert 0 < model_meta.metadata["marginal_rtt_loss"].value < 30
         # The evaluation's WARN check reports either way (it never blocks); its numbers are real.
         key = dg.AssetCheckKey(dg.AssetKey("evaluation"), "model_beats_global_median")
         check = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
