@@ -67,21 +67,20 @@ def unigram_cross_entropy(batches: Iterable[dict]) -> float:
     return float(-(p[nz] * np.log(p[nz])).sum())
 
 
-def result_marginal_entropy(batches: Iterable[dict]) -> float:
-    """NLL (nats/token) on the result field's tokens of the best model that ignores the pair and the context.
+def rtt_marginal_entropy(batches: Iterable[dict]) -> float:
+    """NLL (nats/token) on the RTT bytes of the best model that ignores the pair and the context.
 
-    Each of the result's slots (<RttStart>/<Failed>, RTT byte 1, RTT byte 2) gets its own empirical
-    distribution over the batches; this is their token-weighted entropy. A model whose held-out result loss
-    (`TrainResult.eval_result_loss`) is not below it predicts one global RTT distribution for every query.
+    Byte 1 and byte 2 of the RTT (the tokens after <RttStart>) each get their own empirical distribution
+    over the batches; this is their token-weighted entropy. A model whose held-out RTT loss
+    (`TrainResult.eval_rtt_loss`) is not below it predicts one global RTT distribution for every query.
     """
-    counts = np.zeros((3, T.VOCAB_SIZE))
+    counts = np.zeros((2, T.VOCAB_SIZE))
     for b in batches:
         toks, w = np.asarray(b["tokens"])[:, 1:], np.asarray(b["weights"])[:, 1:]
         start = toks == T.RTT_START
-        slots = (start | (toks == T.FAILED), np.pad(start[:, :-1], ((0, 0), (1, 0))),
-                 np.pad(start[:, :-2], ((0, 0), (2, 0))))  # fmt: skip
-        for i, sel in enumerate(slots):
-            counts[i] += np.bincount(toks[sel], weights=w[sel], minlength=T.VOCAB_SIZE)
+        for i in (1, 2):
+            sel = np.pad(start[:, :-i], ((0, 0), (i, 0)))
+            counts[i - 1] += np.bincount(toks[sel], weights=w[sel], minlength=T.VOCAB_SIZE)
     total = counts.sum()
     if total == 0:
         return float("nan")

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from pingllm_core.model import ModelConfig, Transformer
-from pingllm_core.tokens import FAILED, RTT_START
+from pingllm_core.tokens import RTT_START
 
 Batch = dict[str, Any]  # {"tokens", "segment_ids", "positions"} int32 [B, L], "weights" float32 [B, L]
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "weights")
@@ -43,27 +43,25 @@ def make_tx(
     )
 
 
-def result_mask(tokens_BxL: jax.Array) -> jax.Array:
-    """True on the result field's tokens: <RttStart> or <Failed>, and the two RTT bytes after <RttStart>."""
+def rtt_byte_mask(tokens_BxL: jax.Array) -> jax.Array:
+    """True on the two RTT bytes after each <RttStart>: where the grammar already says an RTT comes next."""
     start_BxL = tokens_BxL == RTT_START
-    after1_BxL = jnp.pad(start_BxL[:, :-1], ((0, 0), (1, 0)))
-    after2_BxL = jnp.pad(start_BxL[:, :-2], ((0, 0), (2, 0)))
-    return start_BxL | after1_BxL | after2_BxL | (tokens_BxL == FAILED)
+    return jnp.pad(start_BxL[:, :-1], ((0, 0), (1, 0))) | jnp.pad(start_BxL[:, :-2], ((0, 0), (2, 0)))
 
 
 def xent_sums(logits_BxLxV: jax.Array, batch: Batch) -> dict[str, jax.Array]:
-    """Weighted next-token NLL sums, float32: {"nll", "weight"} over all targets, and {"result_nll",
-    "result_weight"} over the result field's targets only (the RTT, what a query asks for most)."""
+    """Weighted next-token NLL sums, float32: {"nll", "weight"} over all targets, and {"rtt_nll",
+    "rtt_weight"} over the RTT bytes only (what a query asks for most)."""
     logp_BxLxV = jax.nn.log_softmax(logits_BxLxV[:, :-1].astype(jnp.float32))
     target_BxL = batch["tokens"][:, 1:]
     nll_BxL = -jnp.take_along_axis(logp_BxLxV, target_BxL[..., None], axis=-1)[..., 0]
     w_BxL = batch["weights"][:, 1:].astype(jnp.float32)
-    rw_BxL = w_BxL * result_mask(target_BxL)
+    rw_BxL = w_BxL * rtt_byte_mask(target_BxL)
     return {
         "nll": jnp.sum(nll_BxL * w_BxL),
         "weight": jnp.sum(w_BxL),
-        "result_nll": jnp.sum(nll_BxL * rw_BxL),
-        "result_weight": jnp.sum(rw_BxL),
+        "rtt_nll": jnp.sum(nll_BxL * rw_BxL),
+        "rtt_weight": jnp.sum(rw_BxL),
     }
 
 
@@ -125,7 +123,7 @@ def make_train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, mesh: jax.sh
         opt.update(model, grads)
         metrics = {
             "loss": loss,
-            "result_loss": sums["result_nll"] / jnp.maximum(sums["result_weight"], 1.0),
+            "rtt_loss": sums["rtt_nll"] / jnp.maximum(sums["rtt_weight"], 1.0),
             "weighted_tokens": sums["weight"],
             "grad_norm": optax.global_norm(grads),
         }
@@ -153,14 +151,14 @@ def make_eval_step(model_def: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable
 
 
 def eval_losses(eval_step: Callable, model_state, batches, mesh: jax.sharding.Mesh) -> dict[str, float]:
-    """{"loss", "result_loss"}: weighted mean NLL (nats/token) over `batches`, all tokens and result tokens."""
-    tot = {"nll": 0.0, "weight": 0.0, "result_nll": 0.0, "result_weight": 0.0}
+    """{"loss", "rtt_loss"}: weighted mean NLL (nats/token) over `batches`, all tokens and RTT bytes only."""
+    tot = {"nll": 0.0, "weight": 0.0, "rtt_nll": 0.0, "rtt_weight": 0.0}
     for batch in batches:
         sums = jax.device_get(eval_step(model_state, put_batch(batch, mesh)))
         tot = {k: v + float(sums[k]) for k, v in tot.items()}
     return {
         "loss": tot["nll"] / max(tot["weight"], 1.0),
-        "result_loss": tot["result_nll"] / max(tot["result_weight"], 1.0),
+        "rtt_loss": tot["rtt_nll"] / max(tot["rtt_weight"], 1.0),
     }
 
 

@@ -84,7 +84,7 @@ class TrainResult:
     seconds: float  # wall time of this call
     n_params: int  # trainable parameters
     resumed_from: int | None = None  # step restored at start, if any
-    eval_result_loss: float | None = None  # the same, on the result field's tokens only (RTT / failure)
+    eval_rtt_loss: float | None = None  # the same, on the RTT bytes only
 
 
 def _maybe_init_distributed(cfg: TrainConfig) -> None:
@@ -166,7 +166,7 @@ def train(
         None  # metrics are read one step late so the host never stalls the device
     )
     timed = {"tokens": 0.0, "t0": None}  # throughput window starts after the first (compiling) step
-    eval_loss = eval_result_loss = None
+    eval_loss = eval_rtt_loss = None
 
     def read(step: int, metrics: dict) -> dict[str, float]:
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -192,17 +192,17 @@ def train(
         lr = float(schedule(step - 1))  # the lr used by this step's update
         tps = tokens_per_s()
         tracker.log_metrics(
-            {"loss": host["loss"], "result_loss": host["result_loss"], "lr": lr, "grad_norm": host["grad_norm"],
+            {"loss": host["loss"], "rtt_loss": host["rtt_loss"], "lr": lr, "grad_norm": host["grad_norm"],
              "tokens_per_s": tps}, step,
         )  # fmt: skip
         eta = (train_cfg.steps - step) * (time.perf_counter() - t_start) / max(step - start, 1)
-        say(f"step {step}/{train_cfg.steps} loss {host['loss']:.3f} (rtt {host['result_loss']:.3f}) lr {lr:.1e} "
+        say(f"step {step}/{train_cfg.steps} loss {host['loss']:.3f} (rtt {host['rtt_loss']:.3f}) lr {lr:.1e} "
             f"tok/s {tps / 1e3:.1f}k ETA {_fmt_eta(eta)}")  # fmt: skip
 
     def run_eval(step: int) -> tuple[float, float]:
         got = eval_losses(eval_step, states[0], eval_batches, mesh)
-        tracker.log_metrics({"eval_loss": got["loss"], "eval_result_loss": got["result_loss"]}, step)
-        return got["loss"], got["result_loss"]
+        tracker.log_metrics({"eval_loss": got["loss"], "eval_rtt_loss": got["rtt_loss"]}, step)
+        return got["loss"], got["rtt_loss"]
 
     step = start
     for step in range(start + 1, train_cfg.steps + 1):
@@ -220,7 +220,7 @@ def train(
                 meta = {"step": step, "loss": host["loss"]}
                 ckpt.save_step(mgr, step, states[0], states[1], it, meta)
             if is_eval:
-                eval_loss, eval_result_loss = run_eval(step)
+                eval_loss, eval_rtt_loss = run_eval(step)
             report(step, host)
     if pending is not None:
         report(pending[0], read(*pending))
@@ -228,7 +228,7 @@ def train(
     if eval_step is not None and (
         eval_loss is None or not train_cfg.eval_every or step % train_cfg.eval_every
     ):
-        eval_loss, eval_result_loss = run_eval(step)
+        eval_loss, eval_rtt_loss = run_eval(step)
     mgr.wait_until_finished()
     final_dir = ckpt_dir / str(mgr.latest_step())
     return TrainResult(
@@ -240,7 +240,7 @@ def train(
         seconds=time.perf_counter() - t_start,
         n_params=int(n_params),
         resumed_from=resumed_from,
-        eval_result_loss=eval_result_loss,
+        eval_rtt_loss=eval_rtt_loss,
     )
 
 

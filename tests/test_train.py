@@ -51,7 +51,7 @@ def test_tiny_model_learns_and_starts_at_uniform_loss(tmp_path):
     assert [s for s, _ in tracker.series("loss")] == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
     assert tracker.series("eval_loss")[-1][1] == pytest.approx(result.eval_loss)
     # Synthetic batches hold no result field: its loss is reported as 0 over 0 tokens, not NaN.
-    assert tracker.series("eval_result_loss")[-1][1] == result.eval_result_loss == 0.0
+    assert tracker.series("eval_rtt_loss")[-1][1] == result.eval_rtt_loss == 0.0
     assert "(rtt 0.000)" in lines[-1]
     assert json.loads((tmp_path / "model_config.json").read_text())["d_model"] == CFG.d_model
     assert json.loads((tmp_path / "train_config.json").read_text())["steps"] == 40
@@ -141,33 +141,28 @@ def test_invalid_train_config_is_rejected():
         TrainConfig(ckpt_every=0)
 
 
-def test_result_loss_counts_exactly_the_result_fields_tokens():
+def test_rtt_loss_counts_exactly_the_rtt_bytes():
     import jax.numpy as jnp
 
     from pingllm_core import tokens as T
-    from pingllm_core.evaluate import result_marginal_entropy
+    from pingllm_core.evaluate import rtt_marginal_entropy
     from pingllm_core.query_context import FIELD_ORDER, make_measurements
-    from pingllm_core.step import result_mask, xent_sums
+    from pingllm_core.step import rtt_byte_mask, xent_sums
 
     m = make_measurements([1_700_000_000, 1_700_000_060, 1_700_000_120], ["192.0.2.1"] * 3,
                           ["198.51.100.7", "2001:db8::1", "198.51.100.7"], [12.5, -1.0, 250.0])  # fmt: skip
     toks = T.encode_measurements(m, np.ones(3, bool), np.tile(np.array(FIELD_ORDER, np.int8), (3, 1)))
     toks = toks[None].astype(np.int32)
-    mask = np.asarray(result_mask(jnp.asarray(toks)))[0]
-    # Two RTTs (<RttStart> + 2 bytes each) and one <Failed>: 7 tokens, and they are exactly those.
-    assert mask.sum() == 7
-    assert set(toks[0][mask & (toks[0] < T.BYTE0)]) == {T.RTT_START, T.FAILED}
+    mask = np.asarray(rtt_byte_mask(jnp.asarray(toks)))[0]
+    # Two RTTs of two bytes each (the failed one has none), right after their <RttStart>.
+    starts = np.flatnonzero(toks[0] == T.RTT_START)
+    assert len(starts) == 2 and np.array_equal(np.flatnonzero(mask), np.sort(np.r_[starts + 1, starts + 2]))
     batch = {"tokens": jnp.asarray(toks), "weights": jnp.ones(toks.shape, jnp.float32)}
     sums = xent_sums(jnp.zeros((1, toks.shape[1], T.VOCAB_SIZE)), batch)  # uniform predictions
-    assert float(sums["result_weight"]) == 7 - int(mask[0])  # the first token is never a target
-    assert float(sums["result_nll"]) == pytest.approx(7 * math.log(T.VOCAB_SIZE), rel=1e-6)
-    # The pair-blind bar: <RttStart>,<RttStart>,<Failed> / two byte-1s / two byte-2s.
-    h = result_marginal_entropy([{"tokens": toks, "weights": np.ones(toks.shape, np.float32)}])
-    b1, b2 = (
-        toks[0][np.flatnonzero(toks[0] == T.RTT_START) + 1],
-        toks[0][np.flatnonzero(toks[0] == T.RTT_START) + 2],
-    )
-    per_slot = [3 * math.log(3) - 2 * math.log(2)] + [
-        2 * math.log(2) if x[0] != x[1] else 0.0 for x in (b1, b2)
-    ]
-    assert h == pytest.approx(sum(per_slot) / 7)
+    assert float(sums["rtt_weight"]) == 4
+    assert float(sums["rtt_nll"]) == pytest.approx(4 * math.log(T.VOCAB_SIZE), rel=1e-6)
+    # The pair-blind bar: byte 1 and byte 2 each get their own marginal over the two RTTs.
+    h = rtt_marginal_entropy([{"tokens": toks, "weights": np.ones(toks.shape, np.float32)}])
+    per_slot = [2 * math.log(2) if toks[0, starts[0] + i] != toks[0, starts[1] + i] else 0.0 for i in (1, 2)]
+    assert h == pytest.approx(sum(per_slot) / 4)
+    assert per_slot[1] > 0  # 12.5 ms and 250 ms differ in byte 2 at least
