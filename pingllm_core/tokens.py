@@ -44,21 +44,24 @@ class TokenDecodeError(ValueError):
     """A token sequence that is not a valid measurement sentence; the message names the position."""
 
 
+_POW2_NEG = np.ldexp(1.0, -np.arange(32))  # 2**-e for the 32 RTT exponents
+_RTT_LIMIT_US = 2047.5 * 2**31  # from here on the mantissa rounds to 2048 at exponent 31: not representable
+
+
 def encode_rtt_ms(rtt_ms: np.ndarray) -> np.ndarray:
     """RTTs in ms (>= 0) to uint16 codes `EEEEEMMM MMMMMMMM` = round(us / 2**e) with the smallest fitting e."""
-    us = np.asarray(rtt_ms, np.float64) * 1000.0
-    bad = ~(np.isfinite(us) & (us >= 0))
-    if bad.any():
-        raise ValueError(f"RTT must be finite and >= 0 ms, got {np.asarray(rtt_ms).flat[np.argmax(bad)]}")
-    _, x = np.frexp(us)  # us = f * 2**x with f in [0.5, 1): the smallest e leaving <= 11 bits is x - 11
-    e = np.maximum(x.astype(np.int64) - 11, 0)
-    m = np.rint(np.ldexp(us, -e))
-    bump = m > 2047  # rounding reached 2048: use the next exponent (mantissa becomes 1024)
-    e = e + bump
-    m = np.where(bump, np.rint(np.ldexp(us, -e)), m)
-    if (e > 31).any():
+    us = np.asarray(np.asarray(rtt_ms, np.float64) * 1000.0)
+    if us.size and not (us.min() >= 0 and us.max() < _RTT_LIMIT_US):  # NaN fails both comparisons
+        bad = ~(np.isfinite(us) & (us >= 0))
+        if bad.any():
+            raise ValueError(f"RTT must be finite and >= 0 ms, got {np.asarray(rtt_ms).flat[np.argmax(bad)]}")
         raise ValueError(f"RTT above the representable maximum of {RTT_MAX_US / 1000:.0f} ms")
-    return ((e << 11) | m.astype(np.int64)).astype(np.uint16)
+    # us = f * 2**x with f in [0.5, 1) and x = biased exponent - 1022 (read from the float's bits; 0 and
+    # subnormals give e = 0): the smallest e leaving <= 11 bits is x - 11. Scaling by 2**-e is exact.
+    e = np.maximum((us.view(np.int64) >> 52) - 1033, 0)
+    m = np.rint(us * _POW2_NEG.take(e)).astype(np.int64)
+    # m reaches 2048 only by rounding up: that is the next exponent with mantissa 1024 (+2048, then +1024).
+    return ((e << 11) + m + ((m >> 11) << 10)).astype(np.uint16)
 
 
 def decode_rtt_code(codes: np.ndarray) -> np.ndarray:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
+import grain
 import numpy as np
 import pytest
 
@@ -110,6 +112,150 @@ def test_batched_encoder_matches_the_token_codec_per_context(rows):
     np.testing.assert_array_equal(starts, np.concatenate(want_starts))
 
 
+def test_batched_encoder_matches_the_token_codec_on_random_measurements():
+    # Every field kind and length: v4/v6 sources and destinations, failures, RTTs up to ~50 days, first
+    # timestamps up to 2**62 (8 bytes), deltas below and above 256 s, several contexts per call.
+    rng = np.random.default_rng(4)
+    for _ in range(60):
+        sizes = rng.integers(1, 25, rng.integers(1, 6))
+        n = int(sizes.sum())
+        v6 = rng.random((2, n)) < 0.5
+        addr = rng.integers(0, 256, (2, n, 16), dtype=np.uint8)
+        addr[:, :, 4:] *= v6[:, :, None]  # an IPv4 address keeps zeros after its 4 bytes
+        rtt = np.where(rng.random(n) < 0.2, -1.0, np.minimum(rng.lognormal(3, 4, n), 4e9))
+        gaps = np.where(rng.random(n) < 0.5, rng.integers(0, 256, n), rng.integers(256, 1 << 26, n))
+        m = tokens.Measurements(
+            int(rng.integers(0, 2**62)) + np.cumsum(gaps), addr[0], v6[0], addr[1], v6[1], rtt
+        )
+        has_time = rng.random(n) < rng.random()
+        field_order = rng.permuted(np.tile(np.arange(4, dtype=np.int8), (n, 1)), axis=1)
+        bounds = np.cumsum(np.r_[0, sizes])
+        new_context = np.isin(np.arange(n), bounds[:-1])
+        got, starts = loader_transforms.encode_contexts(m, has_time, field_order, new_context)
+        want, want_starts = [], []
+        for a, b in itertools.pairwise(bounds.tolist()):
+            t, st = tokens.encode_measurements_with_offsets(
+                m.take(np.arange(a, b)), has_time[a:b], field_order[a:b]
+            )
+            want_starts.append(st + sum(len(w) for w in want))
+            want.append(t)
+        np.testing.assert_array_equal(got, np.concatenate(want))
+        np.testing.assert_array_equal(starts, np.concatenate(want_starts))
+
+
+def _subset_counts(width: int, p: int, n_ctx: int, rng: np.random.Generator, wide: int = 0) -> np.ndarray:
+    """How often each p-subset of range(width) comes out of _subsample over n_ctx equal contexts.
+
+    `wide` extra contexts with a much wider window share the call (so contexts get reordered and both
+    kinds of pick, keep and drop, run together); they are checked for validity only.
+    """
+    a = np.arange(n_ctx + wide) * 100_000 + 17
+    w = np.r_[np.full(n_ctx, width), np.full(wide, 50 * p + 3)]
+    target = np.full(n_ctx + wide, p)
+    pos, ctx, counts, corder = loader_transforms._subsample(a, a + w, target, rng)
+    a, w, target = a[corder], w[corder], target[corder]
+    assert sorted(corder.tolist()) == list(range(n_ctx + wide))
+    np.testing.assert_array_equal(counts, np.minimum(w, target))
+    np.testing.assert_array_equal(ctx, np.repeat(np.arange(len(counts)), counts))
+    local = pos - a[ctx]
+    assert local.min() >= 0 and (local < w[ctx]).all()
+    assert (np.diff(pos)[ctx[1:] == ctx[:-1]] > 0).all()  # distinct, in order
+    ours = np.flatnonzero(corder < n_ctx)
+    codes = np.add.reduceat(1 << local, np.cumsum(counts) - counts)[ours]
+    subsets = [sum(1 << i for i in c) for c in itertools.combinations(range(width), min(width, p))]
+    freq = np.array([np.count_nonzero(codes == c) for c in subsets])
+    assert freq.sum() == n_ctx
+    return freq
+
+
+class _CountingGenerator(np.random.Generator):
+    """A Generator that counts `choice` calls (the exact fallback of _subsample)."""
+
+    choices = 0
+
+    def choice(self, *args, **kwargs):
+        self.choices += 1
+        return super().choice(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("width", "p", "sds", "dense"),
+    [
+        (6, 3, None, 64),
+        (7, 2, None, 64),
+        (8, 6, None, 64),
+        (9, 4, None, 0),
+        (8, 5, -3.0, 64),
+        (7, 3, -3.0, 0),
+    ],
+)
+def test_subsample_is_uniform_over_subsets(width, p, sds, dense, monkeypatch):
+    """Every p-subset of a window equally likely (chi-square), picking kept (W >= 2p) or dropped values."""
+    if sds is not None:  # too few draws: the exact fallback for short contexts must run, and stay uniform
+        monkeypatch.setattr(loader_transforms, "_DRAW_SDS", sds)
+    monkeypatch.setattr(loader_transforms, "_DENSE_SLOTS_PER_DRAW", dense)  # 0: the sorting path
+    rng = _CountingGenerator(np.random.PCG64(width * 10 + p))
+    freq = _subset_counts(width, p, 30_000, rng, wide=500)
+    expected = freq.sum() / len(freq)
+    chi2 = ((freq - expected) ** 2 / expected).sum()
+    dof = len(freq) - 1
+    assert chi2 < dof + 5 * math.sqrt(2 * dof)  # ~5 sd above the mean of a chi-square
+    assert sds is None or rng.choices > 0
+
+
+@pytest.mark.parametrize("dense", [64, 0])
+def test_first_occurrences_of_draws(dense, monkeypatch):
+    monkeypatch.setattr(loader_transforms, "_DENSE_SLOTS_PER_DRAW", dense)
+    rng = np.random.default_rng(dense)
+    for _ in range(50):
+        span = int(rng.integers(1, 5000))
+        g = rng.integers(0, span, rng.integers(0, 3000))
+        first = loader_transforms._first_occurrences(g, span)
+        np.testing.assert_array_equal(first, np.sort(np.unique(g, return_index=True)[1]))
+
+
+def test_subsample_takes_small_windows_whole():
+    freq = _subset_counts(4, 9, 100, np.random.default_rng(0))
+    assert freq.tolist() == [100]
+
+
+def test_multi_row_groups_sample_valid_contexts_of_their_rows(rows):
+    """One vectorised pass over all rows: K per row, every context decodes, from a single row, modes obeyed."""
+    keys = [_row_keys(r) for r in rows]
+    untimed = [{k[1:] for k in ks} for ks in keys]
+    for mode_probs in [(0.4, 0.3, 0.3), (0.0, 0.0, 1.0)]:
+        cfg = dataclasses.replace(CFG, mode_probs=mode_probs)
+        toks, sizes, mode, kept, k = loader_transforms.sample_rows(rows, np.random.default_rng(8), cfg)
+        assert k.tolist() == [min(math.ceil(r.n / 30), 16) for r in rows]
+        assert len(sizes) == len(mode) == len(kept) == k.sum() and sizes.sum() == len(toks)
+        for ctx, md, n_meas in zip(np.split(toks, np.cumsum(sizes)[:-1]), mode, kept, strict=True):
+            m, has_time, _ = tokens.decode_tokens(ctx)
+            assert len(m) == n_meas and 0 < len(ctx) <= cfg.seq_len
+            if md == MODE_FULL:
+                assert has_time.all()
+            elif md == MODE_NONE:
+                assert not has_time.any()
+            assert np.all(np.diff(m.time[has_time]) >= 0)  # (mixed: the cut may keep any share)
+            timed = {
+                (int(m.time[i]), m.src[i].tobytes(), m.dst[i].tobytes(), bool(m.dst_v6[i]), m.rtt[i])
+                for i in np.flatnonzero(has_time)
+            }
+            rest = {
+                (m.src[i].tobytes(), m.dst[i].tobytes(), bool(m.dst_v6[i]), m.rtt[i]) for i in range(len(m))
+            }
+            assert any(timed <= ks and rest <= us for ks, us in zip(keys, untimed, strict=True))
+
+
+def test_host_shards_partition_the_rows(rec_dir, rows):
+    total = 0
+    for shard in range(2):
+        cfg = dataclasses.replace(CFG, shard_index=shard, shard_count=2, seed=5)
+        segments = sum(_check_batch(b, cfg) for b in loader.iter_eval_batches(rec_dir, cfg))
+        assert segments == sum(min(math.ceil(r.n / 30), 16) for r in rows[shard::2])
+        total += segments
+    assert total == sum(min(math.ceil(r.n / 30), 16) for r in rows)
+
+
 def test_large_rows_fill_the_context(rows):
     big = max(rows, key=lambda r: r.n)
     lens = np.array(
@@ -143,6 +289,9 @@ def test_timestamp_modes_follow_their_rules_and_proportions(rows):
             assert np.all(np.diff(m.time[has_time]) >= 0)
             assert np.isin(row.time, m.time[has_time]).sum() >= has_time.sum()
     np.testing.assert_allclose(counts / counts.sum(), [0.4, 0.3, 0.3], atol=0.04)
+    # Proportions, tighter: 20000 contexts of the row in one vectorised pass (sd of a share ~0.0035).
+    _, _, mode, _, _ = loader_transforms.sample_rows([row], rng, cfg, np.array([20000]))
+    np.testing.assert_allclose(np.bincount(mode, minlength=3) / len(mode), [0.4, 0.3, 0.3], atol=0.015)
 
 
 def test_mixed_mode_interleaves_untimed_measurements(rows):
@@ -187,6 +336,70 @@ def test_batches_are_packed_with_segments_positions_and_weights(rec_dir):
     assert max(int(b["segment_ids"].max()) for b in batches) >= 2  # short contexts share a row
     fill = np.mean([(b["segment_ids"] > 0).mean() for b in batches[:8]])
     assert fill > 0.8
+
+
+class _Groups(grain.DatasetIterator):
+    """A parent iterator that yields given (tokens, sizes) groups; its state is the next group."""
+
+    def __init__(self, groups):
+        super().__init__()
+        self._groups, self._i = groups, 0
+
+    def __next__(self):
+        if self._i >= len(self._groups):
+            raise StopIteration
+        self._i += 1
+        return self._groups[self._i - 1]
+
+    def get_state(self):
+        return {"i": self._i}
+
+    def set_state(self, state):
+        self._i = state["i"]
+
+
+def test_packing_places_contexts_first_fit_with_many_segments_per_row():
+    # Tiny contexts (a measurement each), so that a row holds more than 16 segments, and large ones.
+    rng = np.random.default_rng(3)
+    groups, contexts = [], []
+    for g in range(6):
+        sizes = rng.choice([12, 13, 14] if g % 2 else [12, 17, 29, 150, 250], rng.integers(0, 40)).tolist()
+        ctx = [rng.integers(0, tokens.VOCAB_SIZE, s).astype(np.int32) for s in sizes]
+        contexts += ctx
+        groups.append((np.concatenate(ctx) if ctx else np.zeros(0, np.int32), sizes))
+    cfg = dataclasses.replace(CFG, seq_len=256, batch_size=2)
+    batches = list(loader._PackIterator(_Groups(groups), cfg.seq_len, cfg.batch_size))
+    # Reference first fit: (batch, row, offset) of every context.
+    where, fill, n_batches = [], [0] * cfg.batch_size, 1
+    for c in contexts:
+        row = next((r for r in range(cfg.batch_size) if fill[r] + len(c) <= cfg.seq_len), None)
+        if row is None:
+            fill, n_batches, row = [0] * cfg.batch_size, n_batches + 1, 0
+        where.append((n_batches - 1, row, fill[row]))
+        fill[row] += len(c)
+    assert len(batches) == n_batches
+    segment = {}
+    for c, (i, row, off) in zip(contexts, where, strict=True):
+        sl = slice(off, off + len(c))
+        segment[i, row] = segment.get((i, row), 0) + 1
+        np.testing.assert_array_equal(batches[i]["tokens"][row, sl], c)
+        np.testing.assert_array_equal(batches[i]["positions"][row, sl], np.arange(len(c)))
+        assert (batches[i]["segment_ids"][row, sl] == segment[i, row]).all()
+    for i, batch in enumerate(batches):
+        for row in range(cfg.batch_size):
+            used = sum(len(c) for c, w in zip(contexts, where, strict=True) if w[:2] == (i, row))
+            assert not batch["segment_ids"][row, used:].any() and not batch["tokens"][row, used:].any()
+            assert not batch["positions"][row, used:].any()
+            np.testing.assert_array_equal(batch["weights"][row], batch["positions"][row] > 0)
+    assert max(segment.values()) > 16
+    # Resuming from any batch boundary gives the same remaining batches.
+    it = loader._PackIterator(_Groups(groups), cfg.seq_len, cfg.batch_size)
+    for i in range(len(batches)):
+        state = it.get_state()
+        again = loader._PackIterator(_Groups(groups), cfg.seq_len, cfg.batch_size)
+        again.set_state(state)
+        _assert_same(list(again), batches[i:])
+        next(it)
 
 
 def test_same_seed_same_batches_and_different_seed_differs(rec_dir):
