@@ -67,13 +67,8 @@ def unigram_cross_entropy(batches: Iterable[dict]) -> float:
     return float(-(p[nz] * np.log(p[nz])).sum())
 
 
-def rtt_marginal_entropy(batches: Iterable[dict]) -> float:
-    """NLL (nats/token) on the RTT bytes of the best model that ignores the pair and the context.
-
-    Byte 1 and byte 2 of the RTT (the tokens after <RttStart>) each get their own empirical distribution
-    over the batches; this is their token-weighted entropy. A model whose held-out RTT loss
-    (`TrainResult.eval_rtt_loss`) is not below it predicts one global RTT distribution for every query.
-    """
+def _rtt_byte_counts(batches: Iterable[dict]) -> np.ndarray:
+    """Weighted counts [2, vocab] of RTT byte 1 and byte 2 (the two tokens after each <RttStart>)."""
     counts = np.zeros((2, T.VOCAB_SIZE))
     for b in batches:
         toks, w = np.asarray(b["tokens"])[:, 1:], np.asarray(b["weights"])[:, 1:]
@@ -81,13 +76,25 @@ def rtt_marginal_entropy(batches: Iterable[dict]) -> float:
         for i in (1, 2):
             sel = np.pad(start[:, :-i], ((0, 0), (i, 0)))
             counts[i - 1] += np.bincount(toks[sel], weights=w[sel], minlength=T.VOCAB_SIZE)
-    total = counts.sum()
-    if total == 0:
+    return counts
+
+
+def rtt_marginal_loss(
+    eval_batches: Iterable[dict], fit_batches: Iterable[dict], smoothing: float = 0.5
+) -> float:
+    """NLL (nats/token) on the RTT bytes of `eval_batches` of a model that ignores the pair and the context.
+
+    The model: byte 1 and byte 2 of the RTT each get one distribution, counted on `fit_batches` (the train
+    split; add-`smoothing` counts so unseen bytes stay finite). A model whose held-out RTT loss
+    (`TrainResult.eval_rtt_loss`) is not below this predicts one global RTT distribution for every query.
+    """
+    ev, fit = _rtt_byte_counts(eval_batches), _rtt_byte_counts(fit_batches) + smoothing
+    if ev.sum() == 0:
         return float("nan")
-    p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(counts > 0, counts * np.log(p), 0.0)
-    return float(-plogp.sum() / total)
+    p = fit / np.maximum(fit.sum(axis=1, keepdims=True), 1e-300)
+    with np.errstate(divide="ignore"):
+        logp = np.where(ev > 0, np.log(p), 0.0)
+    return float(-(ev * logp).sum() / ev.sum())
 
 
 def context_before(df: pd.DataFrame, row: int, k: int, timed: bool = True):

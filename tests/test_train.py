@@ -145,7 +145,7 @@ def test_rtt_loss_counts_exactly_the_rtt_bytes():
     import jax.numpy as jnp
 
     from pingllm_core import tokens as T
-    from pingllm_core.evaluate import rtt_marginal_entropy
+    from pingllm_core.evaluate import rtt_marginal_loss
     from pingllm_core.query_context import FIELD_ORDER, make_measurements
     from pingllm_core.step import rtt_byte_mask, xent_sums
 
@@ -161,8 +161,19 @@ def test_rtt_loss_counts_exactly_the_rtt_bytes():
     sums = xent_sums(jnp.zeros((1, toks.shape[1], T.VOCAB_SIZE)), batch)  # uniform predictions
     assert float(sums["rtt_weight"]) == 4
     assert float(sums["rtt_nll"]) == pytest.approx(4 * math.log(T.VOCAB_SIZE), rel=1e-6)
-    # The pair-blind bar: byte 1 and byte 2 each get their own marginal over the two RTTs.
-    h = rtt_marginal_entropy([{"tokens": toks, "weights": np.ones(toks.shape, np.float32)}])
+    # The pair-blind bar: byte 1 and byte 2 each get their own marginal over the two RTTs. Fitted on the
+    # same batches without smoothing it is their entropy; fitted elsewhere it is a cross-entropy.
+    one = [{"tokens": toks, "weights": np.ones(toks.shape, np.float32)}]
+    h = rtt_marginal_loss(one, one, smoothing=0.0)
     per_slot = [2 * math.log(2) if toks[0, starts[0] + i] != toks[0, starts[1] + i] else 0.0 for i in (1, 2)]
     assert h == pytest.approx(sum(per_slot) / 4)
     assert per_slot[1] > 0  # 12.5 ms and 250 ms differ in byte 2 at least
+    first = [
+        {"tokens": toks[:, : starts[1]], "weights": np.ones((1, starts[1]), np.float32)}
+    ]  # the 12.5 ms RTT
+    fitted = rtt_marginal_loss(one, first, smoothing=1.0)
+    # Each slot: the 12.5 ms byte has (1 + 1) / (1 + 267) of the mass, any other byte 1 / 268.
+    p_hit, p_miss = 2 / 268, 1 / 268
+    hits = [1 + (toks[0, starts[0] + i] == toks[0, starts[1] + i]) for i in (1, 2)]
+    want = -sum(h_ * math.log(p_hit) + (2 - h_) * math.log(p_miss) for h_ in hits) / 4
+    assert fitted == pytest.approx(want)
