@@ -57,9 +57,8 @@ class PrivacyMitigationConfig(dg.Config):
     lr: float = 3e-3
     seq_len: int = 256
     clip_norm: float = 1.0  # per-probe gradient bound C
-    noise_multipliers: list[float] = [
-        0.5
-    ]  # one DP-SGD run per sigma (0 = clipping only), after the plain run
+    # One DP-SGD run per sigma (0 = clipping only), after the plain run.
+    noise_multipliers: list[float] = [0.5]
     delta: float = 1e-5
     max_nonmembers: int = 120
     contexts_per_probe: int = 2
