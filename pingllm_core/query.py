@@ -4,7 +4,9 @@ Prompts put the known fields first and the asked field last: context measurement
 Time Result, timestamped where they have a time), then `<MeasurementStart> Src Dst [Time]`, then the
 result is read from the model. Every distribution is the model's softmax restricted to the tokens the
 grammar (`tokens.GrammarState`) allows at that position and to the field asked for, renormalised.
-The shared prefix is run once into a KV cache; branches (byte-2 given byte-1, candidates) reuse it.
+The shared prefix is run once into a KV cache; branches (byte-2 given byte-1, candidates) reuse it. Jitted
+decoding lives in `query_decode.py`, ranking many candidates over a trie of their address bytes in
+`query_rank.py`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from pingllm_core.query_context import (  # noqa: F401  (re-exported: the query 
     parse_time,
     take,
 )
-from pingllm_core.query_decode import cascade_jit, extend_jit
+from pingllm_core.query_decode import decoder, extend_jit, split_blocks
+from pingllm_core.query_rank import RankStats, rank_family
 
 MIN_BRANCH_PROB = 1e-4  # byte-1 values below this mass are not expanded (their mass is dropped, renormalised)
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
@@ -45,6 +48,9 @@ _EPS = 1e-9  # tolerance on cumulative probabilities when locating a quantile
 _ALL_RTT_MS = T.decode_rtt_code(np.arange(65536))  # value of every RTT code, ms
 _BUCKET_LO = _ALL_RTT_MS.reshape(256, 256).min(axis=1)  # value range of each byte-1 (high byte) bucket
 _BUCKET_HI = _ALL_RTT_MS.reshape(256, 256).max(axis=1)
+_BUCKET_LOWEST = np.argmin(_ALL_RTT_MS.reshape(256, 256), axis=1)  # low byte of each bucket's lowest value
+_CODE_RANK = np.empty(65536, np.int64)  # position of each code when sorted by RTT value, then code
+_CODE_RANK[np.lexsort((np.arange(65536), _ALL_RTT_MS))] = np.arange(65536)
 MAX_RTT_MS = 600_000.0  # the parser rejects longer RTTs (SPEC section 1): no training row ever had one
 # Byte-1 buckets that can hold a plausible RTT; the rest are outside the data's support and get no mass.
 _PLAUSIBLE = np.concatenate([np.ones(T.BYTE0, bool), _BUCKET_LO <= MAX_RTT_MS])
@@ -137,6 +143,11 @@ def _restricted(logp_BxV: np.ndarray, allowed_V: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=-1, keepdims=True)
 
 
+def _report_ranked(progress: Callable[[str], None], total: int, v6: bool, done: int) -> None:
+    """Progress line of `rank` (the CLI reads the `done/total` part)."""
+    progress(f"ranked {done}/{total} IPv{6 if v6 else 4} candidates")
+
+
 def _bucket(n: int, least: int = 8) -> int:
     """Padded size: a power of two, at least `least`, so that jit compiles a handful of shapes."""
     return max(least, 1 << (int(n) - 1).bit_length())
@@ -153,6 +164,9 @@ class QueryEngine:
         self._graphdef, _ = nnx.split(abstract)
         self._state = nnx.state(model)
         self.model = nnx.merge(self._graphdef, self._state)  # same weights, query-time numerics
+        self._bgraph, self._blocks = split_blocks(self.model)  # block weights stacked once, for lax.scan
+        self._dec = decoder(self._graphdef, self._bgraph)  # jitted functions, shared by same-shape engines
+        self.last_rank_stats = RankStats()  # work done by the latest `rank` call (benchmarks, tests)
 
     def _extend(self, state, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax.Array, KVCache]:
         return extend_jit(self._graphdef, state, cache, rows_B, tokens_BxT)
@@ -170,19 +184,31 @@ class QueryEngine:
 
     # ---- KV-cache primitives -------------------------------------------------------------------------------
     def prefill(self, prompt_L: np.ndarray, extra: int) -> tuple[np.ndarray, KVCache]:
-        """Run the prompt once into a batch-1 cache with room for `extra` more tokens; log-probs of the next.
+        """Run the prompt once into a batch-1 cache with room for `extra` more tokens; log-probs of the next."""
+        logp_LxV, cache = self.prefill_all(prompt_L, extra)
+        return logp_LxV[-1], cache
 
-        The cache length is a power of two and the prompt goes in pieces of 512, 64, 8 and 1 tokens, so that
-        a few compiled shapes serve every prompt length (at most 7 calls per piece size).
+    def prefill_all(self, prompt_L: np.ndarray, extra: int) -> tuple[np.ndarray, KVCache]:
+        """`prefill`, with the log-probs after every prompt token [L, V].
+
+        One call: the prompt is padded to a power of two (at least 32) and the cache length to a power of two
+        that also holds `extra`, so that a few compiled shapes serve every prompt length.
         """
-        cache = self.model.init_cache(1, _bucket(len(prompt_L) + extra, 32))
-        rows, start, logp = jnp.zeros(1, jnp.int32), 0, None
-        for size in (512, 64, 8, 1):
-            while len(prompt_L) - start >= size:
-                piece = jnp.asarray(prompt_L[None, start : start + size])
-                logp, cache = self._extend(self._state, cache, rows, piece)
-                start += size
-        return np.asarray(logp[0]), cache
+        n = len(prompt_L)
+        size = _bucket(n, 32)
+        capacity = _bucket(n + extra, 32)
+        padded = np.zeros((1, size), np.int32)
+        padded[0, :n] = prompt_L
+        logp, cache = self._dec.prefill(
+            self._state, self._blocks, jnp.asarray(padded), jnp.int32(n), capacity
+        )
+        return np.asarray(logp)[:n], cache
+
+    @staticmethod
+    def _trim(cache: KVCache, n: int) -> KVCache:
+        """The first slots of a batch-1 cache that hold `n` tokens (every row of a cascade reads all slots)."""
+        keep = min(cache.k.shape[2], _bucket(n, 8))
+        return KVCache(cache.k[:, :, :keep], cache.v[:, :, :keep], cache.length)
 
     def extend(self, cache: KVCache, rows: np.ndarray, tokens_BxT: np.ndarray) -> tuple[np.ndarray, KVCache]:
         """Rows `rows` of `cache` continued by `tokens_BxT` (one call, padded); log-probs after the last token."""
@@ -206,16 +232,16 @@ class QueryEngine:
             shape = (self.cfg.n_layers, 1, 0, self.cfg.n_heads, self.cfg.d_head)
             own = (jnp.zeros(shape, self.cfg.compute_dtype), jnp.zeros(shape, self.cfg.compute_dtype))
         n = len(rows)
-        pad = _bucket(n) - n
+        pad = -(-n // 16) * 16 - n  # byte-2 branches number up to ~80: pad finely, few shapes all the same
         rows_p = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
         toks_p = np.concatenate([tokens_BxT, np.repeat(tokens_BxT[:1], pad, axis=0)]).astype(np.int32)
-        logp, k, v = cascade_jit(
-            self._graphdef, self._state, prefix, *own, jnp.asarray(rows_p), jnp.asarray(toks_p)
+        logp, k, v = self._dec.cascade(
+            self._state, self._blocks, prefix, *own, jnp.asarray(rows_p), jnp.asarray(toks_p)
         )
         return np.asarray(logp)[:n], (k, v)
 
     def _byte2(self, prefix: KVCache, own, rows: np.ndarray, b1: np.ndarray) -> np.ndarray:
-        """Log-probs of RTT byte 2 after (row's `<RttStart>`, byte 1 `b1`), in chunks of _CHUNK rows."""
+        """Log-probs of RTT byte 2 after (row's own tokens, byte 1 `b1`), in chunks of _CHUNK rows."""
         out = [self.cascade(prefix, own, rows[j : j + _CHUNK], (T.BYTE0 + b1[j : j + _CHUNK])[:, None])[0][:, 0]
                for j in range(0, len(rows), _CHUNK)]  # fmt: skip
         return np.concatenate(out) if out else np.zeros((0, T.VOCAB_SIZE), np.float32)
@@ -247,19 +273,12 @@ class QueryEngine:
         return make_measurements([NO_TIME if t is None else t], [s], [d], [-1.0]), t is not None, warnings
 
     # ---- result distribution -------------------------------------------------------------------------------
-    def _result_distribution(
-        self, logp_res_BxV: np.ndarray, logp1_BxV: np.ndarray, state: T.GrammarState,
-        expand_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], full: bool,
+    def _result_heads(
+        self, logp_res_BxV: np.ndarray, logp1_BxV: np.ndarray, state: T.GrammarState, full: bool,
         targets: Sequence[tuple[str, float]] = (),
-    ) -> list[tuple[float, np.ndarray, np.ndarray]]:  # fmt: skip
-        """(p_fail, codes, probs) per row, from the log-probs at the Result position and after `<RttStart>`.
-
-        `expand_fn(rows, byte1)` gives the log-probs of byte 2 after (row, `<RttStart>`, byte 1), batched.
-        With `full`, every byte-1 bucket with mass >= MIN_BRANCH_PROB is expanded (the whole distribution);
-        otherwise only the buckets that can hold the requested `targets` (("q", level) quantiles and
-        ("t", ms) thresholds). That is exact for those targets because each bucket's value range is known:
-        a bucket wholly below or above every target enters as one atom at its lowest value.
-        """
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """(p_fail [B], P(byte 1) [B, 256], which byte-1 buckets to expand [B, 256]) from the log-probs at the
+        Result position and after `<RttStart>`; see `_result_distribution`."""
         allowed = state.allowed()
         if not (allowed[T.FAILED] and allowed[T.RTT_START]):
             raise RuntimeError("the prompt does not end right before a Result field")
@@ -274,21 +293,42 @@ class QueryEngine:
         p1 = np.where(p1 >= MIN_BRANCH_PROB, p1, 0.0)
         p1 /= p1.sum(axis=1, keepdims=True)
         expand = p1 > 0 if full else self._needed_buckets(p1, targets)
+        return p_fail, p1, expand
+
+    @staticmethod
+    def _byte2_probs(logp2_PxV: np.ndarray) -> np.ndarray:
+        """P(byte 2) [P, 256] from log-probs after a byte-1 branch."""
+        return _restricted(logp2_PxV, np.arange(T.VOCAB_SIZE) >= T.BYTE0)[:, T.BYTE0 :]
+
+    def _result_distribution(
+        self, logp_res_BxV: np.ndarray, logp1_BxV: np.ndarray, state: T.GrammarState,
+        expand_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], full: bool,
+        targets: Sequence[tuple[str, float]] = (),
+    ) -> list[tuple[float, np.ndarray, np.ndarray]]:  # fmt: skip
+        """(p_fail, codes, probs) per row, from the log-probs at the Result position and after `<RttStart>`.
+
+        `expand_fn(rows, byte1)` gives the log-probs of byte 2 after (row, `<RttStart>`, byte 1), batched.
+        With `full`, every byte-1 bucket with mass >= MIN_BRANCH_PROB is expanded (the whole distribution);
+        otherwise only the buckets that can hold the requested `targets` (("q", level) quantiles and
+        ("t", ms) thresholds). That is exact for those targets because each bucket's value range is known:
+        a bucket wholly below or above every target enters as one atom at its lowest value.
+        """
+        p_fail, p1, expand = self._result_heads(logp_res_BxV, logp1_BxV, state, full, targets)
         row_idx, b1 = np.nonzero(expand)
-        p2 = _restricted(expand_fn(row_idx, b1), np.arange(T.VOCAB_SIZE) >= T.BYTE0)[:, T.BYTE0 :]
+        p2 = self._byte2_probs(expand_fn(row_idx, b1))
+        bounds = np.searchsorted(row_idx, np.arange(len(p1) + 1))  # row_idx is sorted (np.nonzero order)
         out = []
         for r in range(len(p1)):
-            mine = np.flatnonzero(row_idx == r)
+            mine = slice(bounds[r], bounds[r + 1])
             codes = (b1[mine, None].astype(np.int64) * 256 + np.arange(256)).reshape(-1)
             probs = (p1[r, b1[mine], None] * p2[mine]).reshape(-1)
             if not full:
                 rest = np.flatnonzero((p1[r] > 0) & ~expand[r])
-                lowest = np.argmin(_ALL_RTT_MS.reshape(256, 256)[rest], axis=1)
-                codes = np.concatenate([codes, rest * 256 + lowest])
+                codes = np.concatenate([codes, rest * 256 + _BUCKET_LOWEST[rest]])
                 probs = np.concatenate([probs, p1[r, rest]])
             keep = probs > 0
             codes, probs = codes[keep], probs[keep]
-            order = np.lexsort((codes, _ALL_RTT_MS[codes]))
+            order = np.argsort(_CODE_RANK[codes], kind="stable")  # by RTT value, then code
             out.append((float(p_fail[r]), codes[order].astype(np.uint16), probs[order] / probs.sum()))
         return out
 
@@ -320,14 +360,12 @@ class QueryEngine:
             raise QueryError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
         query, has_time, warnings = self._query(src, dst, time)
         prompt = self.build_prompt(query, has_time, as_measurements(context), reserve=3)
-        logp, prefix = self.prefill(prompt.tokens, extra=0)
-        logp1, own = self.cascade(prefix, None, np.zeros(1, np.int32), np.array([[T.RTT_START]]))
-
+        # One call for the prompt and <RttStart>: log-probs of the Result field and of the RTT high byte.
+        logp, prefix = self.prefill_all(np.append(prompt.tokens, T.RTT_START).astype(np.int32), extra=0)
+        prefix = self._trim(prefix, len(prompt.tokens) + 1)
         state = self.grammar(prompt.tokens)
-        byte2 = functools.partial(self._byte2, prefix, own)  # all branches batched on the shared prefix
-        ((p_fail, codes, probs),) = self._result_distribution(
-            logp[None], logp1[:, 0], state, byte2, full=True
-        )
+        byte2 = functools.partial(self._byte2, prefix, None)  # all branches batched on the shared prefix
+        ((p_fail, codes, probs),) = self._result_distribution(logp[-2:-1], logp[-1:], state, byte2, full=True)
         s, d = T.bytes_to_ip(
             np.concatenate([query.src, query.dst]), np.concatenate([query.src_v6, query.dst_v6])
         )
@@ -340,7 +378,9 @@ class QueryEngine:
         self, src: str, candidates: Sequence[str], time=None, context=None, by: str = "median",
         threshold_ms: float | None = None, progress: Callable[[str], None] | None = None,
     ) -> list[RankedDestination]:  # fmt: skip
-        """Rank candidate destinations for a source, batched over candidates sharing the prefix's KV cache.
+        """Rank candidate destinations for a source: per address family one shared prefix (context, source)
+        in a KV cache, then the candidates as a trie of address bytes (`query_rank.rank_family`); each result
+        equals `predict` for that destination (up to float rounding). `last_rank_stats` tells the work done.
 
         by="median": ascending median RTT; by="p_below": descending P(success and rtt <= threshold_ms).
         Ties are broken by the address text, so the order is deterministic. Duplicates are ranked once.
@@ -356,6 +396,7 @@ class QueryEngine:
         addr, v6 = T.ip_to_bytes(cands)
         targets = [("q", 0.5)] + ([("t", float(threshold_ms))] if by == "p_below" else [])
         results: list[RankedDestination] = []
+        self.last_rank_stats = RankStats()
         for fam in (False, True):  # one shared prefix per address family: context, <MS> Src <DstIPvX>
             idx = np.flatnonzero(v6 == fam)
             if not len(idx):
@@ -364,30 +405,18 @@ class QueryEngine:
             prompt = self.build_prompt(query, has_time, ctx, reserve=3)
             split = prompt.query_start + 1 + (17 if query.src_v6[0] else 5) + 1
             nbytes = 16 if fam else 4
-            time_toks = prompt.tokens[split + nbytes :]  # the same for every candidate
-            prefix = self.prefill(prompt.tokens[:split], extra=0)[1]
-            suffix = np.concatenate([T.BYTE0 + addr[idx, :nbytes].astype(np.int32), np.tile(time_toks, (len(idx), 1)),
-                                     np.full((len(idx), 1), T.RTT_START, np.int32)], 1)  # fmt: skip
-            state = self.grammar(prompt.tokens)
-            for i in range(0, len(idx), _CHUNK):
-                part = idx[i : i + _CHUNK]
-                # One call gives the Result log-probs (before <RttStart>) and byte 1 (after it) for the chunk.
-                logp, own = self.cascade(prefix, None, np.zeros(len(part), np.int32), suffix[i : i + _CHUNK])
-                byte2 = functools.partial(self._byte2, prefix, own)
-                dists = self._result_distribution(
-                    logp[:, -2], logp[:, -1], state, byte2, full=False, targets=targets
-                )
-                for j, (p_fail, codes, probs) in zip(part, dists, strict=True):
-                    values = _ALL_RTT_MS[codes]
-                    median = discrete_quantile(values, probs, 0.5)
-                    score = (
-                        median
-                        if by == "median"
-                        else (1 - p_fail) * float(probs[values <= threshold_ms].sum())
-                    )
-                    results.append(RankedDestination(cands[j], score, median, p_fail))
-                if progress:
-                    progress(f"ranked {min(i + _CHUNK, len(idx))}/{len(idx)} IPv{6 if fam else 4} candidates")
+            tail = prompt.tokens[split + nbytes :]  # the query's time field: the same for every candidate
+            tail = np.append(tail, T.RTT_START).astype(np.int32)
+            prefix = self._trim(self.prefill(prompt.tokens[:split], extra=0)[1], split)
+            report = None if progress is None else functools.partial(_report_ranked, progress, len(idx), fam)
+            p_fail, median, p_below, stats = rank_family(
+                self, prefix, addr[idx, :nbytes], tail, self.grammar(prompt.tokens), targets, report
+            )
+            stats.prefix_tokens = split
+            self.last_rank_stats.add(stats)
+            score = median if by == "median" else p_below
+            results += [RankedDestination(cands[j], float(sc), float(md), float(pf))
+                        for j, sc, md, pf in zip(idx, score, median, p_fail, strict=True)]  # fmt: skip
         sign = 1.0 if by == "median" else -1.0
         return sorted(results, key=lambda r: (sign * r.score, r.dst))
 

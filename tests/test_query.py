@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from pingllm_core import query_rank
 from pingllm_core import tokens as T
 from pingllm_core.model import Transformer, model_config
 from pingllm_core.query import (
+    _ALL_RTT_MS,
     MAX_RTT_MS,
     NO_TIME,
     QueryEngine,
     QueryError,
+    discrete_quantile,
     load_context,
     make_measurements,
     parse_ip,
@@ -127,6 +130,123 @@ def test_rank_by_probability_below_threshold(engine):
         assert r.score == pytest.approx(want, rel=1e-3, abs=1e-6)
     with pytest.raises(QueryError):
         engine.rank(SRC, cands, by="p_below")
+
+
+# IPv4 and IPv6 candidates with shared /24, /16 and /32 prefixes, unshared ones, and duplicates in two spellings.
+TRIE_CANDIDATES = [
+    "8.8.8.8", "8.8.4.4", "8.8.4.5", "8.8.8.8", "8.34.1.2", "9.9.9.9", "193.0.14.1", "193.0.14.200",
+    "193.0.15.7", "1.1.1.1", "2001:4860:4860::8888", "2001:4860:4860::8844", "2001:4860:0:0::1",
+    "2001:4860::1", "2606:4700:4700::1111", "2a00:1450::200e",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_trie_rank_equals_one_by_one_predict(engine, timed_context, monkeypatch, timed):
+    # Share three address bytes and cut the candidates into several tries: the shared levels (one token per
+    # node, and runs of several: 193.0 and the IPv6 2001:4860 / 2606:4700 / 2a00:1450), the node store and
+    # the chunking all run, and each result must still equal its own predict.
+    monkeypatch.setattr(query_rank, "plan_depth", lambda sizes, n, tail: 3)
+    monkeypatch.setattr(query_rank, "CHUNK", 5)
+    kw = {"time": T0 + 600, "context": timed_context} if timed else {}
+    ranked = engine.rank(SRC, TRIE_CANDIDATES, **kw)
+    stats = engine.last_rank_stats
+    assert stats.candidates == len(ranked) == len({parse_ip(c)[0] for c in TRIE_CANDIDATES}) == 14
+    assert stats.depths == [3, 3, 3]  # IPv4 in two tries, IPv6 in one
+    tail = 1 + (9 if timed else 0) + 1  # time field, <RttStart>, byte 2
+    assert stats.token_evals < 9 * (4 + tail) + 5 * (16 + tail)  # the shared levels ran once per prefix
+    # by P(rtt <= 40 ms) too (untimed only: each variant compiles its own shapes)
+    below = (
+        {}
+        if timed
+        else {r.dst: r.score for r in engine.rank(SRC, TRIE_CANDIDATES, by="p_below", threshold_ms=40.0)}
+    )
+    for r in ranked:
+        pred = engine.predict(SRC, r.dst, **kw)
+        assert r.median == pytest.approx(pred.median, rel=2e-3)  # at most one RTT-code step apart
+        assert r.p_fail == pytest.approx(pred.p_fail, rel=1e-4)
+        if below:
+            want = (1 - pred.p_fail) * pred.probs[pred.rtt_ms <= 40.0].sum()
+            assert below[r.dst] == pytest.approx(want, rel=1e-3, abs=1e-6)
+    assert [r.median for r in ranked] == sorted(r.median for r in ranked)
+
+
+def test_rank_byte2_of_a_bucket_the_device_did_not_expand(engine):
+    # The host asks for (row, high byte) pairs the leaf call did not expand: an extra call decodes them,
+    # and they match predict's byte 2 given that high byte.
+    cands = ["8.8.8.8", "193.0.14.7"]
+    query, has_time, _ = engine._query(SRC, cands[0], None)
+    prompt = engine.build_prompt(query, has_time, None, reserve=3)
+    split = prompt.query_start + 1 + 5 + 1
+    prefix = engine.prefill(prompt.tokens[:split], extra=0)[1]
+    addr, _ = T.ip_to_bytes(cands)
+    stats = query_rank.RankStats()
+    consts = (jnp.ones(256, bool), jnp.arange(256, dtype=jnp.int32), jnp.zeros(0, jnp.int32))
+    chunk = query_rank._Chunk(engine, prefix, addr[:, :4], np.array([T.RTT_START], np.int32), consts, stats)
+    chunk.run()
+    rows = np.array([0, 1, 1])
+    b1 = np.array([(chunk.b1s[0, 0] + 1) % 40, (chunk.b1s[1, 0] + 3) % 40, chunk.b1s[1, 0]])
+    p2 = engine._byte2_probs(chunk.byte2(rows, b1))
+    assert stats.fallback_rows == 2
+    for r, b, got in zip(rows, b1, p2, strict=True):
+        pred = engine.predict(SRC, cands[r])
+        mine = (pred.codes >> 8) == b
+        if not mine.any():
+            continue  # that bucket has no mass under predict's threshold
+        want = np.zeros(256)
+        want[pred.codes[mine] & 0xFF] = pred.probs[mine] / pred.probs[mine].sum()
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-7)
+
+
+def test_rank_summaries_equal_the_per_row_distribution(engine):
+    rng = np.random.default_rng(3)
+    n = 64
+    state = engine.grammar(np.array([T.MEASUREMENT_START, T.SRC_IPV4, 11, 12, 13, 14, T.DST_IPV4,
+                                     15, 16, 17, 18], np.int32))  # fmt: skip
+    logp_res = rng.normal(size=(n, T.VOCAB_SIZE)) * 3
+    logp1 = rng.normal(size=(n, T.VOCAB_SIZE)) * 3
+    targets = [("q", 0.5), ("q", 0.1), ("t", 25.0)]  # several expanded buckets per row
+    logp2 = {}
+
+    def expand(rows, b1):
+        return np.stack([logp2.setdefault((r, b), rng.normal(size=T.VOCAB_SIZE) * 2)
+                         for r, b in zip(rows.tolist(), b1.tolist(), strict=True)])  # fmt: skip
+
+    dists = engine._result_distribution(logp_res, logp1, state, expand, full=False, targets=targets)
+    p_fail, p1, need = engine._result_heads(logp_res, logp1, state, False, targets)
+    rows, b1 = np.nonzero(need)
+    assert (np.bincount(rows) > 1).any()
+    median, below = query_rank.summarize(
+        p_fail, p1, need, rows, b1, engine._byte2_probs(expand(rows, b1)), 25.0
+    )
+    for i, (pf, codes, probs) in enumerate(dists):
+        values = _ALL_RTT_MS[codes]
+        assert median[i] == discrete_quantile(values, probs, 0.5)
+        assert below[i] == pytest.approx((1 - pf) * probs[values <= 25.0].sum(), rel=1e-12)
+
+
+def test_one_block_model_ranks_like_predict():
+    # The layers run under lax.scan over all blocks but the last: a one-block model scans nothing.
+    cfg = model_config("tiny", max_len=64, n_layers=1)
+    one = QueryEngine(Transformer(cfg, rngs=nnx.Rngs(2)), cfg)
+    cands = ["8.8.8.8", "8.8.4.4", "2001:4860:4860::8888"]
+    for r in one.rank(SRC, cands):
+        pred = one.predict(SRC, r.dst)
+        assert r.median == pytest.approx(pred.median, rel=2e-3) and r.p_fail == pytest.approx(
+            pred.p_fail, rel=1e-4
+        )
+
+
+def test_trie_depth_follows_the_candidates():
+    rng = np.random.default_rng(0)
+    rand = np.unique(rng.integers(1, 224, size=(1000, 4)).astype(np.uint8), axis=0)  # sorted rows
+    prefixes = rng.integers(1, 224, size=(50, 3))
+    clustered = np.unique(np.concatenate([prefixes[rng.integers(0, 50, 1000)], rng.integers(0, 256, (1000, 1))],
+                                         1).astype(np.uint8), axis=0)  # fmt: skip
+    for addr, want in ((rand, 1), (clustered, 3), (rand[:3], 0)):
+        sizes = [int(ids[-1]) + 1 for ids in query_rank.trie_levels(addr)]
+        assert query_rank.plan_depth(sizes, len(addr), 1) == want
+    # levels without branching (equal node counts) run together, several tokens per node in one call
+    assert query_rank.segments([1, 1, 3, 3, 3, 10, 12], 6) == [(0, 2), (2, 5), (5, 6)]
 
 
 def test_query_time_before_context_drops_context_timestamps(engine, timed_context):
