@@ -5,7 +5,9 @@
     python benchmarks/ingest.py --file a.bz2 --file b.bz2
     python benchmarks/ingest.py --data-dir /tmp/dumps  # generate once, reuse on later runs
 
-Target (SPEC/brief): pipeline >= 0.8x the raw decompression rate per core.
+Target (SPEC/brief): pipeline >= 0.8x the raw decompression rate per core: rows per CPU-second against
+`bzip2 -dc > /dev/null` on the same files in the same round ("x raw CPU" of the workers=1 row, which runs
+one thread like bzip2). Each round runs every row once; --repeat rounds (default 2) give the range.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -87,28 +90,86 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def raw_decompress(paths: list[Path]) -> tuple[float, int, float]:
-    """Seconds for `bzip2 -dc` of every file in turn on one core, the decompressed bytes, and its CPU seconds."""
-    start = time.perf_counter()
+def decompressed_bytes(paths: list[Path]) -> int:
+    """Total decompressed size (one untimed pass)."""
     size = 0
     for p in paths:
         out = subprocess.run(f"bzip2 -dc '{p}' | wc -c", shell=True, check=True, capture_output=True)
         size += int(out.stdout)
-    # wc runs beside bzip2 but costs little; the timing below is bzip2 alone.
+    return size
+
+
+def raw_decompress(paths: list[Path], parallel: int = 1) -> tuple[float, float]:
+    """Seconds and CPU seconds of `bzip2 -dc > /dev/null` over every file, `parallel` processes at a time."""
     start, cpu = time.perf_counter(), _cpu()
-    for p in paths:
-        subprocess.run(f"bzip2 -dc '{p}' > /dev/null", shell=True, check=True)
-    return time.perf_counter() - start, size, _cpu() - cpu
+    with ThreadPoolExecutor(parallel) as pool:
+        list(
+            pool.map(lambda p: subprocess.run(f"bzip2 -dc '{p}' > /dev/null", shell=True, check=True), paths)
+        )
+    return time.perf_counter() - start, _cpu() - cpu
+
+
+@dataclass
+class Run:
+    name: str
+    cores: int  # processes (or threads) the run keeps busy
+    seconds: float
+    cpu: float
+    rows: int = 0
+    results: int = 0
+    parallel: int = 1  # bzip2 processes at once in the baseline it is compared with in "x same-par CPU"
+
+
+def one_round(paths: list[Path], workers: int, out_dir: Path) -> list[Run]:
+    """Every row of the table once, baselines first, on the same files."""
+    runs = []
+    s, c = raw_decompress(paths)
+    runs.append(Run("bzip2 -dc > /dev/null", 1, s, c))
+    variants = [("parse_files workers=1", 1, ParseConfig(workers=1, prefetch=False))]
+    variants.append(("parse_files workers=1 +prefetch", 2, ParseConfig(workers=1, prefetch=True)))
+    if workers > 1:
+        s, c = raw_decompress(paths, workers)
+        runs.append(Run(f"bzip2 -dc, {workers} at once", workers, s, c, parallel=workers))
+        variants.append((f"parse_files workers={workers}", workers, ParseConfig(workers=workers)))
+    for name, cores, cfg in variants:
+        cpu = _cpu()
+        summary = parse_files(paths, out_dir / "date=2024-01-01" / "part-0.parquet", cfg)
+        rows, results = summary.rows, summary.stats["results"]
+        runs.append(Run(name, cores, summary.seconds, _cpu() - cpu, rows, results, parallel=cfg.workers))
+    return runs
+
+
+def print_table(runs: list[Run], mb: float) -> None:
+    """One round as a table. x raw: raw wall time / this wall time; x raw/core: that over the cores the run
+    keeps busy; x raw CPU: raw CPU seconds (one bzip2 at a time) over this run's CPU seconds, all threads and
+    processes: the per-core efficiency; x same-par CPU: the same against bzip2 run with the same number of
+    processes at once (on a machine whose cores slow each other down, the fair baseline for parallel rows)."""
+    raw = runs[0]
+    par = {r.parallel: r for r in runs if not r.rows}
+    print(
+        f"{'run':<34}{'sec':>7}{'CPU s':>8}{'rows/s':>11}{'rows/CPU-s':>12}{'MB/s':>7}"
+        f"{'x raw':>7}{'x raw/core':>11}{'x raw CPU':>10}{'x same-par CPU':>15}"
+    )
+    for r in runs:
+        ratio = raw.seconds / r.seconds
+        same = par.get(r.parallel, raw)
+        rows = f"{r.rows / r.seconds:,.0f}" if r.rows else "-"
+        rows_cpu = f"{r.rows / r.cpu:,.0f}" if r.rows else "-"
+        print(
+            f"{r.name:<34}{r.seconds:>7.2f}{r.cpu:>8.2f}{rows:>11}{rows_cpu:>12}{mb / r.seconds:>7.1f}"
+            f"{ratio:>7.2f}{ratio / r.cores:>11.2f}{raw.cpu / r.cpu:>10.2f}{same.cpu / r.cpu:>15.2f}"
+        )
 
 
 def main() -> None:
-    """Run the benchmark and print the table."""
+    """Run the benchmark and print the table (one per round, then the range over rounds)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=int, default=1_000_000, help="generated results (default 1M)")
     ap.add_argument("--hours", type=int, default=4, help="hourly files to split the generated dump into")
     ap.add_argument("--file", action="append", type=Path, help="use these dump files instead of generating")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes of the scaling row")
     ap.add_argument("--data-dir", type=Path, help="generate into (or reuse the dumps already in) this folder")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds (the machine is shared: report the range)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="pingllm-ingest-") as tmp:
         tmp_dir = Path(tmp)
@@ -123,34 +184,26 @@ def main() -> None:
             print(
                 f"generated {args.results:,} results in {len(paths)} files in {time.perf_counter() - t:.1f} s"
             )
-        raw_s, raw_bytes, raw_cpu = raw_decompress(paths)
-        runs = [("bzip2 -dc > /dev/null", 1, raw_s, raw_cpu, None)]
-        for workers in sorted({1, args.workers}):
-            cpu = _cpu()
-            out = tmp_dir / f"out-{workers}" / "date=2024-01-01" / "part-0.parquet"
-            summary = parse_files(paths, out, ParseConfig(workers=workers))
-            runs.append((f"parse_files workers={workers}", workers, summary.seconds, _cpu() - cpu, summary))
-    mb = raw_bytes / 1e6
-    print(
-        f"\n{len(paths)} files, {mb:,.1f} MB decompressed, {os.cpu_count()} CPUs (shared machine: timings noisy)"
-    )
-    # x raw: raw wall time / this wall time. x raw/core: that over the worker count. x raw CPU: raw CPU seconds
-    # over this run's CPU seconds (all threads and processes): the per-core efficiency, independent of how many
-    # cores the run managed to use (a worker overlaps decompression and parsing in two threads).
-    print(
-        f"{'run':<26}{'sec':>8}{'CPU s':>8}{'rows/s':>12}{'rows/CPU-s':>12}{'results/s':>12}{'MB/s':>9}"
-        f"{'x raw':>8}{'x raw/core':>12}{'x raw CPU':>11}"
-    )
-    for name, cores, seconds, cpu, s in runs:
-        rate = mb / seconds
-        rows = f"{s.rows / seconds:,.0f}" if s else "-"
-        rows_cpu = f"{s.rows / cpu:,.0f}" if s else "-"
-        results = f"{s.stats['results'] / seconds:,.0f}" if s else "-"
-        ratio = seconds and raw_s / seconds
-        print(
-            f"{name:<26}{seconds:>8.2f}{cpu:>8.2f}{rows:>12}{rows_cpu:>12}{results:>12}{rate:>9.1f}{ratio:>8.2f}"
-            f"{ratio / cores:>12.2f}{raw_cpu / cpu:>11.2f}"
-        )
+        mb = decompressed_bytes(paths) / 1e6
+        rounds = []
+        for k in range(args.repeat):
+            rounds.append(one_round(paths, args.workers, tmp_dir / f"out-{k}"))
+            rows = max(r.rows for r in rounds[-1])
+            print(
+                f"\nround {k + 1}: {len(paths)} files, {mb:,.1f} MB decompressed, {rows:,} rows, "
+                f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} (shared machine: timings noisy)"
+            )
+            print_table(rounds[-1], mb)
+    if len(rounds) > 1:
+        print(f"\nrange over {len(rounds)} rounds (min-max):")
+        print(f"{'run':<34}{'rows/CPU-s':>20}{'x raw CPU':>14}{'x same-par CPU':>16}")
+        for i, r in enumerate(rounds[0]):
+            same = [{q.parallel: q for q in rnd if not q.rows}.get(rnd[i].parallel, rnd[0]) for rnd in rounds]
+            x = [rnd[0].cpu / rnd[i].cpu for rnd in rounds]
+            xs = [s.cpu / rnd[i].cpu for s, rnd in zip(same, rounds, strict=True)]
+            rc = [rnd[i].rows / rnd[i].cpu for rnd in rounds] if r.rows else []
+            rc_text = f"{min(rc):,.0f}-{max(rc):,.0f}" if rc else "-"
+            print(f"{r.name:<34}{rc_text:>20}{min(x):>7.2f}-{max(x):.2f}{min(xs):>9.2f}-{max(xs):.2f}")
 
 
 if __name__ == "__main__":

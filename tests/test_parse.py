@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import bz2
+import ipaddress
 import json
+import random
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -11,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import pingllm_core.parse as parse_mod
 from pingllm_core.parse import MANIFEST_KEYS, MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ripe-public"
@@ -213,3 +217,126 @@ def test_rerun_replaces_the_slice_and_leaves_other_files(tmp_path: Path) -> None
 def test_config_rejects_unknown_collapse() -> None:
     with pytest.raises(ValueError):
         ParseConfig(collapse="mean")
+
+
+# --- the fast path (parse_fast.py) against the generic SQL parser it falls back to ---------------------------
+
+
+def _same_parse(path: Path, **cfg) -> tuple:
+    """Parse with the fast path and with the generic parser only; both must give identical results."""
+    fast = parse_file(path, ParseConfig(**cfg))
+    slow = parse_file(path, ParseConfig(fast_path=False, **cfg))
+    assert fast.table.equals(slow.table)
+    assert fast.stats == slow.stats
+    assert fast.rejects == slow.rejects
+    assert (fast.truncated, fast.error) == (slow.truncated, slow.error)
+    return fast, slow
+
+
+def _hostile_lines(rng: random.Random, n: int, valid_json: bool) -> list[str]:
+    """Ping results with every kind of value the typed read could take differently from the generic one."""
+    odd = [None, True, False, 0, 1, 4, 6, 5, 4.0, 4.5, "4", " 6", "abc", [], {}, 2**40, -5, 1e3, "1e3", "0x10",
+           1_700_000_000, 1.7e9, "1700000000", 4_102_444_801, 12.5]  # fmt: skip
+    rtts = [None, 0, 0.0, 1, 1.0, True, False, -1, -1.0, -0.5, 5.5, "12.5", "fast", "nan", 600_000.1, [], {}]
+    packets = [
+        lambda: {"rtt": round(rng.uniform(0.1, 400), 3)}, lambda: {"x": "*"}, lambda: {"error": "unreachable"},
+        lambda: {"rtt": rng.choice(rtts)}, lambda: {"rtt": rng.choice(rtts), "x": "*"}, lambda: {"dup": 1},
+        lambda: {"rtt": rng.choice(rtts), "dup": 1}, lambda: {"rtt": 5.0, "ttl": 50}, lambda: rng.choice([5, None]),
+        lambda: {"rtt": rng.choice(rtts), "error": "boom"},
+    ]  # fmt: skip
+    out = []
+    for _ in range(n):
+        d = _ping(prb_id=rng.randrange(2, 50), timestamp=1_700_000_000 + rng.randrange(3600))
+        d["result"] = [rng.choice(packets[:3] * 4 + packets)() for _ in range(rng.choice([1, 3, 3, 4]))]
+        if rng.random() < 0.3:
+            d.update(af=6, dst_addr="2001:500:2F::F", **{"from": f"2A00:1450::{rng.randrange(1, 99):x}"})
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            key = rng.choice(
+                ["af", "prb_id", "timestamp", "from", "src_addr", "dst_addr", "type", "result", "rcvd"]
+            )
+            d[key] = rng.choice(odd + ["10.0.0.1", "fe80::1", "ping", "traceroute", [{"x": "*"}], "oops"])
+        s = json.dumps(d, separators=rng.choice([(",", ":"), (", ", ": ")]))
+        r = rng.random()
+        if r < 0.03:
+            s = s.replace('"rtt"', '"r\\u0074t"', 1)  # an escaped key: the text check must not be fooled
+        elif r < 0.06:
+            s = s[:-1] + ', "rtt": 5, "af": 4, "prb_id": true}'  # duplicate keys
+        elif r < 0.08 and not valid_json:
+            s = rng.choice(["", "{not json", "[1, 2]", "null", s[: len(s) // 2]])
+        out.append(s)
+    return out
+
+
+@pytest.mark.parametrize("valid_json", [True, False])
+def test_fast_path_agrees_with_the_generic_parser_on_hostile_input(
+    tmp_path: Path, valid_json: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = Counter()
+    real = parse_mod.parse_fast
+
+    def spy(*args, **kwargs):
+        block = real(*args, **kwargs)
+        taken["fast"] += block.counts["lines"]
+        taken["slow"] += len(block.slow)
+        return block
+
+    monkeypatch.setattr(parse_mod, "parse_fast", spy)
+    path = _dump(tmp_path, _hostile_lines(random.Random(7 + valid_json), 3000, valid_json))
+    for collapse in ("packet", "min", "median"):
+        fast, _ = _same_parse(path, collapse=collapse, reject_sample=40)
+    assert taken["fast"] > 1000 and taken["slow"] > 300  # both paths really ran
+    assert fast.stats["rejected_bad_packet"] and fast.stats["rejected_wrong_type"]
+
+
+def test_fast_path_values_that_may_have_been_booleans_or_bad_rtts(tmp_path: Path) -> None:
+    path = _dump(tmp_path, [
+        _ping(prb_id=1, result=[{"rtt": 1.0}, {"rtt": 0.0}]),  # real 0 and 1: rows
+        json.dumps(_ping(prb_id=True)), json.dumps(_ping(timestamp=True)),  # booleans: wrong_type
+        json.dumps(_ping(result=[{"rtt": True}])), json.dumps(_ping(result=[{"rtt": False, "x": "*"}])),
+        json.dumps(_ping(result=[{"rtt": "fast", "x": "*"}, {"rtt": 3.0}])),  # bad_packet, not a timeout
+        json.dumps(_ping(result=[{"x": "*"}, {"rtt": 3.0}])).replace('"rtt"', '"r\\u0074t"'),  # escaped key
+        json.dumps(_ping(result=[{"x": "*"}, {"rtt": 3.0}], msm_name="rtt")),  # "rtt" elsewhere: still a row
+        json.dumps(_ping(prb_id=3, result=[{"rtt": 2.5}], note="true")),  # the word true elsewhere
+    ])  # fmt: skip
+    fast, _ = _same_parse(path)
+    assert fast.table.column("rtt").to_pylist() == [1.0, 0.0, -1.0, 3.0, -1.0, 3.0, 2.5]
+    assert fast.stats["rejected_wrong_type"] == 2 and fast.stats["rejected_bad_packet"] == 3
+
+
+def test_block_size_and_damage_do_not_change_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parse_mod, "_READ_BYTES", 1 << 15)  # many compressed chunks, so many blocks
+    lines = _hostile_lines(random.Random(3), 30_000, valid_json=False)
+    whole = bz2.compress(("\n".join(lines) + "\n").encode())
+    for name, data in [("whole", whole), ("cut", whole[: len(whole) * 3 // 4])]:
+        path = tmp_path / f"ping-{name}.bz2"
+        path.write_bytes(data)
+        small = parse_file(path, ParseConfig(block_bytes=1 << 16, reject_sample=30))
+        big = parse_file(path, ParseConfig(reject_sample=30))
+        assert small.table.equals(big.table) and small.stats == big.stats and small.rejects == big.rejects
+        assert small.truncated == (name == "cut") and small.stats["results"] > 10_000
+
+
+def test_pool_workers_do_not_share_the_parents_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parse_mod, "_READ_BYTES", 1 << 15)  # many blocks per file
+    lines = [json.dumps(_ping(prb_id=i % 5000 + 2, timestamp=1_700_000_000 + i)) for i in range(40_000)]
+    paths = [_dump(tmp_path, lines, f"ping-{k}.bz2") for k in range(3)]
+    expected = parse_file(paths[0], ParseConfig(block_bytes=1 << 20))  # leaves buffers in this process
+    summary = parse_files(
+        paths, tmp_path / "out" / "part-0.parquet", ParseConfig(workers=2, block_bytes=1 << 20)
+    )
+    for part in summary.parts:
+        assert pq.read_table(part).cast(MEASUREMENT_SCHEMA).equals(expected.table)
+
+
+def test_ipv6_fast_classification_matches_ipaddress() -> None:
+    rng = random.Random(5)
+    texts = ["::ffff:1.2.3.4", "::1.2.3.4", "::", "::1", "fe80::1%eth0", "2001:db8::1", "2001:DB8:0:0:1::1",
+             "1:0:0:2:0:0:3:4", "1:2:3:4:5:6:7::", "1:2:3:4:5:6:1.2.3.4", "00001::", "2001:4860::0001"]  # fmt: skip
+    for _ in range(20_000):
+        groups = [rng.choice([0, 0, 1, 0xFFFF, rng.randrange(65536)]) for _ in range(8)]
+        texts.append(":".join(f"{g:x}" if rng.random() < 0.5 else f"{g:04X}" for g in groups))
+        texts.append(str(ipaddress.IPv6Address(":".join(f"{g:x}" for g in groups))))
+    for text in texts:
+        assert parse_mod._classify_v6(text) == parse_mod._classify_slow(text), text
