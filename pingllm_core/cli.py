@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 CHECKPOINT_ENV = "PINGLLM_CHECKPOINT"
+COMPILE_CACHE_ENV = "PINGLLM_COMPILE_CACHE"  # folder of compiled XLA programs; "" turns the cache off
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -262,9 +263,43 @@ COMMANDS = {
 }
 
 
+def compile_cache_dir() -> Path | None:
+    """$PINGLLM_COMPILE_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/pingllm/xla; None when set to ""."""
+    env = os.environ.get(COMPILE_CACHE_ENV)
+    if env is not None:
+        return Path(env).expanduser() if env else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pingllm" / "xla"
+
+
+def enable_compile_cache() -> Path | None:
+    """Keep compiled programs on disk so the next one-shot query skips XLA compilation (seconds of each call).
+
+    Leaves a cache the user configured for JAX itself alone; an unwritable folder means no cache, not an error.
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return Path(jax.config.jax_compilation_cache_dir)
+    path = compile_cache_dir()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs", 0.0
+    )  # the query programs are many and small
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pingllm` console script; returns the exit code."""
     from pingllm_core.query import QueryError
+
+    if argv is None:  # the console script; in-process callers (tests, notebooks) keep their own JAX config
+        enable_compile_cache()
 
     try:
         args = build_parser().parse_args(argv)

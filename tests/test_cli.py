@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -151,3 +154,31 @@ def test_inverse_commands_print_results(ckpt, capsys, tmp_path):
     assert code == EXIT_OK and all(r["time"] >= 1700000000 for r in json.loads(out))
     code, out, _ = run(capsys, "counterpart", "--checkpoint", str(ckpt), SRC, "-n", "2")
     assert code == EXIT_OK and out.count(":") >= 2
+
+
+def test_console_script_keeps_compiled_programs_for_the_next_call(ckpt, tmp_path):
+    cache = tmp_path / "xla"
+    env = {**os.environ, "PINGLLM_COMPILE_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pingllm_core.cli",
+        "predict",
+        SRC,
+        "8.8.8.8",
+        "--checkpoint",
+        str(ckpt),
+        "--json",
+    ]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries, "no compiled program was written to the cache"
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and json.loads(second.stdout) == json.loads(first.stdout)
+    assert sorted(p.name for p in cache.iterdir()) == entries  # the second call compiled nothing new
+    off = subprocess.run(
+        cmd, env={**env, "PINGLLM_COMPILE_CACHE": ""}, capture_output=True, text=True, timeout=300
+    )
+    assert off.returncode == 0 and sorted(p.name for p in cache.iterdir()) == entries
