@@ -17,7 +17,6 @@ index) for a fixed group size.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,9 +96,9 @@ class Context:
     n_meas: int  # measurements kept after truncation
 
 
-def contexts_per_row(n: int, meas_per_k: int, max_contexts: int) -> int:
-    """K = min(ceil(n / meas_per_k), max_contexts) contexts for a row of n measurements."""
-    return max(1, min(math.ceil(n / meas_per_k), max_contexts))
+def contexts_per_row(n: np.ndarray, meas_per_k: int, max_contexts: int) -> np.ndarray:
+    """K = min(ceil(n / meas_per_k), max_contexts), at least 1, for rows of n measurements (elementwise)."""
+    return np.minimum(np.maximum(-(-np.asarray(n) // meas_per_k), 1), max_contexts)
 
 
 def base_tokens_per_meas(row: ProbeRow, rng: np.random.Generator) -> float:
@@ -458,7 +457,7 @@ def sample_rows(
     nr = len(rows)
     ns = np.array([r.n for r in rows], np.int64)
     if k is None:
-        k = np.minimum(np.maximum(-(-ns // cfg.meas_per_k), 1), cfg.max_contexts_per_row)
+        k = contexts_per_row(ns, cfg.meas_per_k, cfg.max_contexts_per_row)
     rs = _segment_starts(ns)  # first measurement of each row in the concatenation
     time = _concat([r.time for r in rows])
     rtt = _concat([r.rtt for r in rows])

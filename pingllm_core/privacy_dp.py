@@ -324,9 +324,12 @@ def run_mitigation(
         t0 = time.perf_counter()
         sampler = ProbeSampler(source, [unit_rows[u] for u in pick], cfg.q, cfg.seq_len, cfg.seed)
         model, losses = train_variant(sampler, model_cfg, cfg, clip, sigma, say, name)
-        mem = privacy.probe_loss_table(model, source, cfg.n_members, select=members.__contains__, **audit_kw)
+        # The folder, not `source`: probe ids then come from index.parquet instead of decoding every row.
+        mem = privacy.probe_loss_table(
+            model, train_records, cfg.n_members, select=members.__contains__, **audit_kw
+        )
         other = privacy.probe_loss_table(
-            model, source, cfg.max_nonmembers, select=lambda p: p not in members, **audit_kw
+            model, train_records, cfg.max_nonmembers, select=lambda p: p not in members, **audit_kw
         )
         held = privacy.probe_loss_table(model, heldout_records, cfg.max_nonmembers, **audit_kw)
         non = np.concatenate([held.loss, other.loss])[: cfg.max_nonmembers]
