@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+ATTENTION_IMPLS = (None, "xla", "cudnn", "cudnn_packed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,10 @@ class ModelConfig:
     rope_base: float = 10_000.0  # RoPE wavelength base
     tie_embeddings: bool = True  # output logits reuse the input embedding matrix
     scan_layers: bool = False  # reserved: layers are always unrolled in this version
-    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation: None/"xla"/"cudnn"
+    # Training attention: None = pick for the backend (see `resolve_attention`), "xla", "cudnn" (boolean
+    # mask, full L x L), or "cudnn_packed" (cuDNN's packed layout: causal per segment, no mask tensor).
+    attention_impl: str | None = None
+    max_segments: int = 64  # segments per row the packed layout holds; rows with more take the mask path
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_head", "d_mlp", "max_len"):
@@ -48,10 +52,12 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)}"
                 )
-        if self.attention_impl not in (None, "xla", "cudnn"):
+        if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
-                f"ModelConfig.attention_impl must be None, 'xla' or 'cudnn', got {self.attention_impl}"
+                f"ModelConfig.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
             )
+        if self.max_segments < 2:
+            raise ValueError(f"ModelConfig.max_segments must be >= 2, got {self.max_segments}")
         if self.scan_layers:
             raise ValueError("ModelConfig.scan_layers=True is not implemented; layers are unrolled")
 
@@ -99,6 +105,88 @@ class KVCache(NamedTuple):
     k: jax.Array  # [N, B, S, H, K] compute dtype
     v: jax.Array  # [N, B, S, H, K] compute dtype
     length: jax.Array  # int32 scalar: number of filled positions
+
+
+class PackedSegments(NamedTuple):
+    """A batch's segments as cuDNN's packed layout wants them: every maximal run of one segment id
+    (padding included) is a sequence of its own, so causal-within-run is exactly the model's mask."""
+
+    seqlen_BxM: jax.Array  # int32: tokens in run m of row b; -1 past the row's last run
+    offsets_BxM1: jax.Array  # int32: first token of run m; -1 past the last run (M + 1 columns)
+    fits: jax.Array | None  # bool scalar: no row has more than M runs (else the mask path runs); None: the
+    # caller vouches that all rows fit, and no fallback is compiled
+
+
+def packed_segments(segment_ids_BxL: jax.Array, max_segments: int) -> PackedSegments:
+    """Run lengths and offsets of each row's segment-id runs, M = `max_segments` slots per row."""
+    b, seq = segment_ids_BxL.shape
+    first_BxL = jnp.concatenate(
+        [jnp.ones((b, 1), bool), segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1]], axis=1
+    )
+    run_BxL = jnp.cumsum(first_BxL, axis=1, dtype=jnp.int32) - 1  # run index of each token
+    n_runs_B = run_BxL[:, -1] + 1
+    rows_Bx1 = jnp.arange(b, dtype=jnp.int32)[:, None]
+    counts_BxM = jnp.zeros((b, max_segments), jnp.int32).at[rows_Bx1, run_BxL].add(1, mode="drop")
+    live_BxM = jnp.arange(max_segments, dtype=jnp.int32)[None, :] < n_runs_B[:, None]
+    starts_BxM = jnp.cumsum(counts_BxM, axis=1, dtype=jnp.int32) - counts_BxM
+    return PackedSegments(
+        seqlen_BxM=jnp.where(live_BxM, counts_BxM, -1),
+        offsets_BxM1=jnp.pad(jnp.where(live_BxM, starts_BxM, -1), ((0, 0), (0, 1)), constant_values=-1),
+        fits=jnp.all(n_runs_B <= max_segments),
+    )
+
+
+def packed_mask(packed: PackedSegments, seq: int) -> jax.Array:
+    """The [B, 1, L, L] boolean mask a packed layout means (causal within each run); for tests."""
+    m = packed.seqlen_BxM.shape[1]
+    pos_L = jnp.arange(seq, dtype=jnp.int32)
+    start_BxM, length_BxM = packed.offsets_BxM1[:, :m], packed.seqlen_BxM
+    inside_BxLxM = (pos_L[None, :, None] >= start_BxM[:, None, :]) & (
+        pos_L[None, :, None] < (start_BxM + length_BxM)[:, None, :]
+    )
+    run_BxL = jnp.where(inside_BxLxM.any(-1), jnp.argmax(inside_BxLxM, -1), -1)  # -1: in no run
+    same_BxLxL = (run_BxL[:, :, None] == run_BxL[:, None, :]) & (run_BxL[:, :, None] >= 0)
+    return (same_BxLxL & (pos_L[None, :, None] >= pos_L[None, None, :]))[:, None]
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def resolve_attention(cfg: ModelConfig) -> str:
+    """The training attention path. Off a GPU always "xla" (cuDNN needs one, and a config written on a GPU
+    host must still load here). On a GPU the config's choice, else the packed cuDNN kernel on Hopper or
+    later with 16-bit compute, the masked cuDNN kernel on an older GPU, and XLA for float32."""
+    if not _on_gpu():
+        return "xla"
+    if cfg.attention_impl is not None:
+        return cfg.attention_impl
+    if cfg.dtype == "float32" or cfg.d_head % 8:
+        return "xla"
+    major = int(str(getattr(jax.devices()[0], "compute_capability", "0")).split(".")[0])
+    return "cudnn_packed" if major >= 9 else "cudnn"
+
+
+def _cudnn_packed_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, packed: PackedSegments) -> jax.Array:
+    """cuDNN flash attention over packed segments: causal within each run, no mask tensor, and the
+    blocks above the diagonal are skipped."""
+    # jax.nn.dot_product_attention does not take segment offsets; the cuDNN module it calls does.
+    from jax._src.cudnn.fused_attention_stablehlo import MaskType
+    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention
+
+    return cudnn_attention(
+        q_BxLxHxK,
+        k_BxLxHxK,
+        v_BxLxHxK,
+        None,
+        None,
+        packed.seqlen_BxM,
+        packed.seqlen_BxM,
+        packed.offsets_BxM1,
+        packed.offsets_BxM1,
+        scale=float(q_BxLxHxK.shape[-1]) ** -0.5,
+        mask_type=MaskType.PADDING_CAUSAL,
+    )
 
 
 def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
@@ -151,12 +239,36 @@ class Attention(nnx.Module):
         return q_BxLxHxK, k_BxLxHxK, self.v(x_BxLxD).reshape(shape)
 
     def attend(
-        self, q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mask_Bx1xTxS
+        self,
+        q_BxTxHxK: jax.Array,
+        k_BxSxHxK: jax.Array,
+        v_BxSxHxK: jax.Array,
+        mask_Bx1xTxS: jax.Array,
+        impl: str = "xla",
+        packed: PackedSegments | None = None,
     ) -> jax.Array:
-        """Masked attention of T queries over S keys, projected back to [B, T, D]."""
-        out_BxTxHxK = jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xTxS, implementation=self.cfg.attention_impl
-        )
+        """Masked attention of T queries over S keys (`impl` "xla" or "cudnn"), projected back to [B, T, D].
+
+        With `packed` (square self-attention only) the packed cuDNN kernel runs when every row fits its
+        M run slots, and the masked kernel otherwise: the same function either way.
+        """
+
+        def masked(q, k, v):
+            return jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xTxS, implementation=impl)
+
+        if packed is None:
+            out_BxTxHxK = masked(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+        elif packed.fits is None:
+            out_BxTxHxK = _cudnn_packed_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, packed)
+        else:
+            out_BxTxHxK = jax.lax.cond(
+                packed.fits,
+                lambda q, k, v: _cudnn_packed_attention(q, k, v, packed),
+                masked,
+                q_BxTxHxK,
+                k_BxSxHxK,
+                v_BxSxHxK,
+            )
         b, t = out_BxTxHxK.shape[:2]
         return self.o(out_BxTxHxK.reshape(b, t, -1))
 
@@ -183,10 +295,20 @@ class Block(nnx.Module):
         self.mlp = Mlp(cfg, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def __call__(self, x_BxLxD, positions_BxL, mask_Bx1xLxL, *, deterministic: bool) -> jax.Array:
+    def __call__(
+        self,
+        x_BxLxD,
+        positions_BxL,
+        mask_Bx1xLxL,
+        *,
+        deterministic: bool,
+        impl: str = "xla",
+        packed: PackedSegments | None = None,
+    ) -> jax.Array:
         """Full-sequence block (training and scoring)."""
         q, k, v = self.attn.qkv(self.attn_norm(x_BxLxD), positions_BxL)
-        x_BxLxD = x_BxLxD + self.dropout(self.attn.attend(q, k, v, mask_Bx1xLxL), deterministic=deterministic)
+        attn_BxLxD = self.attn.attend(q, k, v, mask_Bx1xLxL, impl, packed)
+        x_BxLxD = x_BxLxD + self.dropout(attn_BxLxD, deterministic=deterministic)
         return x_BxLxD + self.dropout(self.mlp(self.mlp_norm(x_BxLxD)), deterministic=deterministic)
 
     def decode(self, x_BxTxD, positions_BxT, k_BxSxHxK, v_BxSxHxK, start, mask_Bx1xTxS):
@@ -194,7 +316,9 @@ class Block(nnx.Module):
         q, k_new, v_new = self.attn.qkv(self.attn_norm(x_BxTxD), positions_BxT)
         k_BxSxHxK = jax.lax.dynamic_update_slice(k_BxSxHxK, k_new.astype(k_BxSxHxK.dtype), (0, start, 0, 0))
         v_BxSxHxK = jax.lax.dynamic_update_slice(v_BxSxHxK, v_new.astype(v_BxSxHxK.dtype), (0, start, 0, 0))
-        x_BxTxD = x_BxTxD + self.attn.attend(q, k_BxSxHxK, v_BxSxHxK, mask_Bx1xTxS)
+        # Decode (T new tokens over S cached keys) uses cuDNN only when the config asks for it.
+        impl = "cudnn" if self.attn.cfg.attention_impl == "cudnn" and _on_gpu() else "xla"
+        x_BxTxD = x_BxTxD + self.attn.attend(q, k_BxSxHxK, v_BxSxHxK, mask_Bx1xTxS, impl)
         return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), k_BxSxHxK, v_BxSxHxK
 
 
@@ -243,9 +367,16 @@ class Transformer(nnx.Module):
         causal_LxL = jnp.tril(jnp.ones((seq, seq), bool))
         same_BxLxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
         mask_Bx1xLxL = (causal_LxL[None] & same_BxLxL)[:, None]
+        resolved = resolve_attention(self.cfg)
+        impl = "cudnn" if resolved != "xla" and _on_gpu() else "xla"  # the masked kernel (and fallback)
+        packed = (
+            packed_segments(segment_ids_BxL, self.cfg.max_segments) if resolved == "cudnn_packed" else None
+        )
         x_BxLxD = self.dropout(self.embed(tokens_BxL), deterministic=deterministic)
         for block in self.blocks:
-            x_BxLxD = block(x_BxLxD, positions_BxL, mask_Bx1xLxL, deterministic=deterministic)
+            x_BxLxD = block(
+                x_BxLxD, positions_BxL, mask_Bx1xLxL, deterministic=deterministic, impl=impl, packed=packed
+            )
         return self._logits(x_BxLxD)
 
     def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
