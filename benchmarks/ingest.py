@@ -126,6 +126,8 @@ def one_round(paths: list[Path], workers: int, out_dir: Path) -> list[Run]:
     s, c = raw_decompress(paths)
     runs.append(Run("bzip2 -dc > /dev/null", 1, s, c))
     variants = [("parse_files workers=1", 1, ParseConfig(workers=1, prefetch=False))]
+    # the same with the standard library's decoder only (the reference decoder; the fast one is indexed_bzip2)
+    variants.append(("workers=1, stdlib bz2 only", 1, ParseConfig(workers=1, prefetch=False, fast_bz2=False)))
     variants.append(("parse_files workers=1 +prefetch", 2, ParseConfig(workers=1, prefetch=True)))
     if workers > 1:
         s, c = raw_decompress(paths, workers)

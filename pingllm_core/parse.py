@@ -1,6 +1,6 @@
 """RIPE Atlas hourly ping dumps (bz2 NDJSON) to the measurement table (SPEC section 1).
 
-Hot path: bz2 is decompressed in small pieces into a few reused buffers, each block of whole lines becomes
+Hot path: bz2 is decompressed (bz2_lines.py) into a few reused buffers, each block of whole lines becomes
 one Arrow string array without a copy, and parse_fast.py reads every line once with a typed DuckDB JSON read
 and finishes the clean ping results (nearly all lines) in numpy. Every other line (legacy firmware, garbage,
 most rejects) goes to the generic SQL parser here (_PARSE_SQL, _CLASSIFY_SQL), which defines the behaviour on
@@ -11,17 +11,12 @@ string (cached). No Python loop runs per result or per row.
 from __future__ import annotations
 
 import bisect
-import bz2
-import collections
 import dataclasses
 import functools
 import ipaddress
-import mmap
 import os
-import queue
 import re
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +31,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pingllm_core.bz2_lines import (
+    Block,
+    Bz2Lines,
+    FastBz2Lines,
+    FastDecodeFailed,
+    clear_pool,
+    fast_decoder_available,
+    prefetch,
+)
 from pingllm_core.parse_fast import AddressBook, FastBlock, int_array, np_values, parse_fast, string_array
 
 MEASUREMENT_SCHEMA = pa.schema(
@@ -60,8 +64,6 @@ MANIFEST_KEYS = (
     "public_sources",
     "destinations",
 )
-_READ_BYTES = 1 << 20  # compressed bytes per read (and per decompress call, for what a damaged file keeps)
-_PIECE = 1 << 14  # decompressed bytes taken out of the decompressor at a time (see _Bz2Lines)
 _REJECT_TEXT_CHARS = 300  # a kept rejected line is cut to this many characters
 _MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01; later timestamps are corrupt
 
@@ -171,6 +173,7 @@ class ParseConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # processes in parse_files
     block_bytes: int = 64 << 20  # decompressed bytes handed to DuckDB at once (memory vs overhead)
     fast_path: bool = True  # False: every line through the generic SQL parser (the reference the tests use)
+    fast_bz2: bool = True  # False: only the standard library's bz2 decoder (the reference for damaged files)
     # decompress the next block in a thread while this one is parsed; None: only where a core is spare
     # (parse_files: 2 * workers <= CPUs), as two busy threads per core cost more CPU time for little gain
     prefetch: bool | None = None
@@ -268,164 +271,7 @@ def _classify_v6(text: str) -> tuple[int | None, bool, str | None]:
 
 
 _ADDRESS_BOOK = AddressBook(classify_address)  # per process, shared by the files it parses
-
-
-class _Block:
-    """Whole lines at the start of a reusable buffer: `data[:size]`; `release()` hands the buffer back."""
-
-    __slots__ = ("data", "size", "_released")
-
-    def __init__(self, data: mmap.mmap, size: int) -> None:
-        self.data, self.size, self._released = data, size, False
-
-    def view(self) -> memoryview:
-        return memoryview(self.data)[: self.size]
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            _give_buffer(self.data)
-
-
-# Decompressed text goes into a few reusable anonymous mappings, not into fresh memory per block: a fresh page
-# costs a fault and kernel zeroing, which was a fifth of the non-decompression CPU. An mmap (unlike bytearray)
-# is not zero-filled by us, and it has find/rfind for the line scan. At most _POOL_KEEP stay with the process.
-_POOL: collections.deque = collections.deque()
-_POOL_KEEP = 4
-
-
-def _after_fork_in_child() -> None:
-    """A forked pool worker starts with no shared state: no inherited buffers, a fresh address-book lock."""
-    _POOL.clear()
-    _ADDRESS_BOOK.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _anonymous(size: int) -> mmap.mmap:
-    # private: Python's default (MAP_SHARED) would let a forked pool worker write into its parent's buffers
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-
-
-def _take_buffer(size: int) -> mmap.mmap:
-    while True:
-        try:
-            buf = _POOL.pop()
-        except IndexError:
-            return _anonymous(size)
-        if len(buf) >= size:
-            return buf
-
-
-def _give_buffer(buf: mmap.mmap) -> None:
-    if len(_POOL) < _POOL_KEEP:
-        _POOL.append(buf)
-
-
-class _Bz2Lines:
-    """Decompresses a bz2 file (possibly multi-stream) into blocks of whole lines; records damage.
-
-    Output is taken in pieces of at most _PIECE bytes (small allocations that malloc reuses), but the pieces
-    of one decompress call on one compressed chunk are kept or dropped together, so a damaged file keeps
-    exactly the text it kept when each chunk was decompressed in one call."""
-
-    def __init__(self, path: Path, block_bytes: int) -> None:
-        self.path, self.block_bytes = path, block_bytes
-        self.truncated, self.error = False, None
-
-    def __iter__(self) -> Iterator[_Block]:
-        buf, pos = _take_buffer(self.block_bytes), 0  # buf[:pos] holds decompressed bytes not yet handed out
-
-        def append(piece: bytes) -> None:
-            nonlocal buf, pos
-            end = pos + len(piece)
-            if end > len(buf):  # a line longer than a block: a bigger buffer, not returned to the pool
-                bigger = _anonymous(max(2 * len(buf), end + 1))
-                bigger[:pos] = buf[:pos]
-                buf = bigger
-            buf[pos:end] = piece
-            pos = end
-
-        dec, started, total_in, mark, most = bz2.BZ2Decompressor(), False, 0, 0, 0
-        with open(self.path, "rb") as fh:  # a missing or unreadable file raises here: not "truncated"
-            try:
-                while chunk := fh.read(_READ_BYTES):
-                    # hand out the whole lines so far when the next chunk's text might not fit (a block never
-                    # ends inside one chunk's text: see the class doc)
-                    if pos + most >= len(buf) and (cut := buf.rfind(b"\n", 0, pos) + 1):
-                        nxt = _take_buffer(self.block_bytes)
-                        nxt[: pos - cut] = buf[cut:pos]  # the partial last line starts the next block
-                        yield _Block(buf, cut)
-                        buf, pos = nxt, pos - cut
-                    total_in += len(chunk)
-                    before = pos
-                    while chunk or not (dec.needs_input or dec.eof):
-                        if chunk:
-                            started, mark = True, pos
-                        append(dec.decompress(chunk, _PIECE))
-                        chunk = b""
-                        if dec.eof:  # a concatenated stream (pbzip2 output) may follow this one
-                            chunk, dec, started = dec.unused_data, bz2.BZ2Decompressor(), False
-                    most = max(most, pos - before)
-                if total_in == 0:
-                    self._damaged("empty file, not a bz2 stream")
-                elif started:
-                    self._damaged("bz2 stream ends before its end-of-stream marker (truncated)")
-            except (OSError, EOFError, ValueError) as exc:
-                pos = min(pos, mark)  # the failed call's output is dropped, as a single call would have
-                self._damaged(f"corrupt bz2 data after {total_in} compressed bytes ({exc})")
-        # A damaged file keeps its whole lines only; its partial last line is dropped.
-        keep = buf.rfind(b"\n", 0, pos) + 1 if self.truncated else pos
-        if keep:
-            if buf[keep - 1] != 10:
-                append(b"\n")
-                keep += 1
-            yield _Block(buf, keep)
-        else:
-            _give_buffer(buf)
-
-    def _damaged(self, message: str) -> None:
-        self.truncated, self.error = True, f"{self.path.name}: {message}"
-
-
-_DONE = object()
-
-
-def _prefetch(blocks: Iterator[_Block], depth: int = 1) -> Iterator[_Block]:
-    """Run `blocks` in a thread, `depth` blocks ahead: bz2 releases the GIL, so decompression of the next block
-    overlaps DuckDB's parse of this one (DuckDB releases the GIL too). Exceptions are re-raised here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for block in blocks:
-                if not put(block):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put(exc)
-
-    thread = threading.Thread(target=run, name="bz2-prefetch", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+os.register_at_fork(after_in_child=_ADDRESS_BOOK.after_fork)  # a forked worker gets a fresh lock
 
 
 def _line_ends(block: memoryview) -> np.ndarray:
@@ -517,7 +363,7 @@ def _parse_generic(
 
 def _parse_block(
     con: duckdb.DuckDBPyConnection,
-    block: _Block,
+    block: Block,
     first_ln: int,
     cfg: ParseConfig,
     counts: Counter,
@@ -612,6 +458,9 @@ def _connect() -> duckdb.DuckDBPyConnection:
 _UNIQUE_COLUMNS = {"probes": "prb_id", "public_sources": "src_addr", "destinations": "dst_addr"}
 
 
+RESTART = object()  # _parse_stream's signal: forget this file's tables so far, it is being parsed again
+
+
 def _parse_stream(
     path: Path,
     cfg: ParseConfig,
@@ -619,22 +468,36 @@ def _parse_stream(
     rejects: list[dict],
     status: dict,
     con: duckdb.DuckDBPyConnection | None = None,
-) -> Iterator[tuple[pa.Table, dict[str, pa.Array]]]:
+) -> Iterator[tuple[pa.Table, dict[str, pa.Array]] | object]:
     """Measurement tables of one dump block by block, each with its distinct keys; damage and engine errors
-    land in `status`. Uses `con` when given (a connection for several files), else one of its own."""
-    source = _Bz2Lines(path, cfg.block_bytes)
+    land in `status`. Uses `con` when given (a connection for several files), else one of its own.
+
+    The fast decoder reads the file first. If it refuses the file (damage of any kind), `counts` and `rejects`
+    are reset, RESTART is yielded (the caller drops the tables it has), and the reference decoder parses the
+    file again: it alone decides what a damaged file keeps."""
+    decoders = [FastBz2Lines, Bz2Lines] if cfg.fast_bz2 and fast_decoder_available() else [Bz2Lines]
+    source = None
     own = con is None
     try:
         con = _connect() if own else con
         try:
-            first_ln = 0
-            for block in _prefetch(iter(source)) if _prefetch_pays(cfg, 1) else source:
+            for decoder in decoders:
+                source = decoder(path, cfg.block_bytes)
+                first_ln = 0
                 try:
-                    table, n_lines, keys = _parse_block(con, block, first_ln, cfg, counts, rejects)
-                finally:
-                    block.release()  # nothing of the block's text is referenced any more
-                first_ln += n_lines
-                yield table, keys
+                    for block in prefetch(iter(source)) if _prefetch_pays(cfg, 1) else source:
+                        try:
+                            table, n_lines, keys = _parse_block(con, block, first_ln, cfg, counts, rejects)
+                        finally:
+                            block.release()  # nothing of the block's text is referenced any more
+                        first_ln += n_lines
+                        yield table, keys
+                    break
+                except FastDecodeFailed:
+                    counts.clear()
+                    counts.update(_new_counts())
+                    rejects.clear()
+                    yield RESTART
         except duckdb.Error:
             if not own:  # leave a shared connection clean for the next file
                 for sql in ("DROP TABLE IF EXISTS parsed", "DROP TABLE IF EXISTS res"):
@@ -645,9 +508,10 @@ def _parse_stream(
                 con.close()
     except (OSError, duckdb.Error) as exc:  # unreadable file or a parse engine failure: report, keep going
         status["error"] = f"{path.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    status["truncated"] = source.truncated
-    if source.error:
-        status["error"] = source.error
+    if source is not None:
+        status["truncated"] = source.truncated
+        if source.error:
+            status["error"] = source.error
 
 
 def _distinct(blocks_keys: list[dict[str, pa.Array]], name: str) -> pa.Array:
@@ -665,10 +529,15 @@ def parse_file(path: str | os.PathLike, cfg: ParseConfig | None = None) -> Parse
     cfg = cfg or ParseConfig()
     path = Path(path)
     counts, rejects, status = _new_counts(), [], {}
+    parts = []
     try:
-        parts = list(_parse_stream(path, cfg, counts, rejects, status))
+        for item in _parse_stream(path, cfg, counts, rejects, status):
+            if item is RESTART:
+                parts.clear()
+            else:
+                parts.append(item)
     finally:
-        _POOL.clear()
+        clear_pool()
     table = pa.concat_tables([t for t, _ in parts]) if parts else MEASUREMENT_SCHEMA.empty_table()
     counts.update({k: len(_distinct([keys for _, keys in parts], c)) for k, c in _UNIQUE_COLUMNS.items()})
     return ParsedFile(
@@ -716,10 +585,19 @@ def _parse_to_part(
     counts, rejects, status = _new_counts(), [], {}
     blocks_keys = []
     con = con or _WORKER_CONNECTION
-    with pq.ParquetWriter(part, MEASUREMENT_SCHEMA, **_PARQUET_OPTIONS) as writer:
-        for table, keys in _parse_stream(Path(path), cfg, counts, rejects, status, con):
+    writer = pq.ParquetWriter(part, MEASUREMENT_SCHEMA, **_PARQUET_OPTIONS)
+    try:
+        for item in _parse_stream(Path(path), cfg, counts, rejects, status, con):
+            if item is RESTART:  # the file is parsed again from its start: so is the part file
+                writer.close()
+                writer = pq.ParquetWriter(part, MEASUREMENT_SCHEMA, **_PARQUET_OPTIONS)
+                blocks_keys.clear()
+                continue
+            table, keys = item
             writer.write_table(table)
             blocks_keys.append(keys)
+    finally:
+        writer.close()
     distinct = {name: _distinct(blocks_keys, name) for name in _UNIQUE_COLUMNS.values()}
     counts.update({k: len(distinct[c]) for k, c in _UNIQUE_COLUMNS.items()})
     return _PartResult(
@@ -819,7 +697,7 @@ def parse_files(
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
-        _POOL.clear()  # the text buffers are for the files of one call, not for the life of the process
+        clear_pool()  # the text buffers are for the files of one call, not for the life of the process
     for key, name in _UNIQUE_COLUMNS.items():
         parts = uniques[name]
         counts[key] = pc.count_distinct(pa.chunked_array(parts, MEASUREMENT_SCHEMA.field(name).type)).as_py()

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import pingllm_core.bz2_lines as bz2_lines
 import pingllm_core.parse as parse_mod
 from pingllm_core.parse import MANIFEST_KEYS, MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
 
@@ -304,7 +305,7 @@ def test_fast_path_values_that_may_have_been_booleans_or_bad_rtts(tmp_path: Path
 
 
 def test_block_size_and_damage_do_not_change_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parse_mod, "_READ_BYTES", 1 << 15)  # many compressed chunks, so many blocks
+    monkeypatch.setattr(bz2_lines, "_READ_BYTES", 1 << 15)  # many compressed chunks, so many blocks
     lines = _hostile_lines(random.Random(3), 30_000, valid_json=False)
     whole = bz2.compress(("\n".join(lines) + "\n").encode())
     for name, data in [("whole", whole), ("cut", whole[: len(whole) * 3 // 4])]:
@@ -319,7 +320,7 @@ def test_block_size_and_damage_do_not_change_results(tmp_path: Path, monkeypatch
 def test_pool_workers_do_not_share_the_parents_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(parse_mod, "_READ_BYTES", 1 << 15)  # many blocks per file
+    monkeypatch.setattr(bz2_lines, "_READ_BYTES", 1 << 15)  # many blocks per file
     lines = [json.dumps(_ping(prb_id=i % 5000 + 2, timestamp=1_700_000_000 + i)) for i in range(40_000)]
     paths = [_dump(tmp_path, lines, f"ping-{k}.bz2") for k in range(3)]
     expected = parse_file(paths[0], ParseConfig(block_bytes=1 << 20))  # leaves buffers in this process
