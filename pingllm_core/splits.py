@@ -186,11 +186,17 @@ def make_sample_and_splits(measurement_glob: str, out_dir: Path, cfg: SplitConfi
 def _copy_to_parquet(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
     """Stream a query's rows into Parquet with the exact measurement schema (DuckDB itself would write
     microsecond timestamps; SPEC section 1 says seconds)."""
-    reader = con.execute(sql).to_arrow_reader(256_000)
-    with pq.ParquetWriter(path, MEASUREMENT_SCHEMA) as writer:
-        for batch in reader:
-            table = pa.Table.from_batches([batch]).select(MEASUREMENT_SCHEMA.names)
-            writer.write_table(table.cast(MEASUREMENT_SCHEMA))
+    # A cursor of its own: the relation API streams without the copy that Arrow output of execute() makes,
+    # and it may not run on a connection whose last execute() result is unfinished.
+    cur = con.cursor()
+    try:
+        reader = cur.sql(sql).to_arrow_reader(256_000)
+        with pq.ParquetWriter(path, MEASUREMENT_SCHEMA) as writer:
+            for batch in reader:
+                table = pa.Table.from_batches([batch]).select(MEASUREMENT_SCHEMA.names)
+                writer.write_table(table.cast(MEASUREMENT_SCHEMA))
+    finally:
+        cur.close()
 
 
 def _stats(con: duckdb.DuckDBPyConnection, pred: str) -> SplitStats:
