@@ -72,9 +72,8 @@ def _rtt_byte_counts(batches: Iterable[dict]) -> np.ndarray:
     counts = np.zeros((2, T.VOCAB_SIZE))
     for b in batches:
         toks, w = np.asarray(b["tokens"])[:, 1:], np.asarray(b["weights"])[:, 1:]
-        start = toks == T.RTT_START
         for i in (1, 2):
-            sel = np.pad(start[:, :-i], ((0, 0), (i, 0)))
+            sel = T.after_rtt_start(toks, i)
             counts[i - 1] += np.bincount(toks[sel], weights=w[sel], minlength=T.VOCAB_SIZE)
     return counts
 

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from pingllm_core.model import ModelConfig, Transformer
-from pingllm_core.tokens import RTT_START
+from pingllm_core.tokens import after_rtt_start
 
 Batch = dict[str, Any]  # {"tokens", "segment_ids", "positions"} int32 [B, L], "weights" float32 [B, L]
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "weights")
@@ -45,8 +45,7 @@ def make_tx(
 
 def rtt_byte_mask(tokens_BxL: jax.Array) -> jax.Array:
     """True on the two RTT bytes after each <RttStart>: where the grammar already says an RTT comes next."""
-    start_BxL = tokens_BxL == RTT_START
-    return jnp.pad(start_BxL[:, :-1], ((0, 0), (1, 0))) | jnp.pad(start_BxL[:, :-2], ((0, 0), (2, 0)))
+    return after_rtt_start(tokens_BxL, 1, jnp) | after_rtt_start(tokens_BxL, 2, jnp)
 
 
 def xent_sums(logits_BxLxV: jax.Array, batch: Batch) -> dict[str, jax.Array]:

@@ -48,6 +48,13 @@ _POW2_NEG = np.ldexp(1.0, -np.arange(32))  # 2**-e for the 32 RTT exponents
 _RTT_LIMIT_US = 2047.5 * 2**31  # from here on the mantissa rounds to 2048 at exponent 31: not representable
 
 
+def after_rtt_start(tokens_BxL, offset: int, xp=np):
+    """True where a token is `offset` places after an <RttStart> (1: the RTT's byte 1, 2: its byte 2), along
+    the last axis of a 2-D batch. `xp` is the array module (numpy, or jax.numpy inside a jitted step)."""
+    start_BxL = tokens_BxL == RTT_START
+    return xp.pad(start_BxL[:, :-offset], ((0, 0), (offset, 0)))
+
+
 def encode_rtt_ms(rtt_ms: np.ndarray) -> np.ndarray:
     """RTTs in ms (>= 0) to uint16 codes `EEEEEMMM MMMMMMMM` = round(us / 2**e) with the smallest fitting e."""
     us = np.asarray(np.asarray(rtt_ms, np.float64) * 1000.0)
