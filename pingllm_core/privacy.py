@@ -71,7 +71,7 @@ class ProbeLosses:
 # ------------------------------------------------------------------------------------------- contexts
 
 
-def _probe_units(source) -> tuple[list[int], list[list[int]]]:
+def probe_units(source) -> tuple[list[int], list[list[int]]]:
     """(prb_id, row positions) of each probe in `source`, in first-seen order; id-less rows stand alone."""
     if isinstance(source, str | Path):
         prb = records.read_index(source).sort_by("row").column("prb_id").to_pylist()
@@ -184,7 +184,7 @@ def probe_loss_table(
     if not _MAX_MEAS_TOKENS <= seq_len <= model.cfg.max_len:
         raise ValueError(f"seq_len must be in [{_MAX_MEAS_TOKENS}, {model.cfg.max_len}], got {seq_len}")
     src = records.ProbeRecordSource(source) if isinstance(source, str | Path) else source
-    ids, unit_rows = _probe_units(source)
+    ids, unit_rows = probe_units(source)
     rng = np.random.default_rng(seed)
     pool = np.arange(len(ids)) if select is None else np.flatnonzero([select(p) for p in ids])
     if not len(pool):

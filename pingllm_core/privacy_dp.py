@@ -306,7 +306,7 @@ def run_mitigation(
     cfg = cfg or MitigationConfig()
     say = progress or (lambda _msg: None)
     source = records.ProbeRecordSource(train_records)
-    ids, unit_rows = privacy._probe_units(Path(train_records))
+    ids, unit_rows = privacy.probe_units(Path(train_records))
     with_id = [i for i, p in enumerate(ids) if p >= 0]
     if len(with_id) < cfg.n_members + 1:
         raise ValueError(f"{train_records} has {len(with_id)} probes; the experiment needs more than "

@@ -161,7 +161,7 @@ def record_dirs(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_sampler_draws_each_probe_with_rate_q(record_dirs) -> None:
     source = records.ProbeRecordSource(record_dirs[0])
-    ids, unit_rows = privacy._probe_units(record_dirs[0])
+    ids, unit_rows = privacy.probe_units(record_dirs[0])
     sampler = privacy_dp.ProbeSampler(source, unit_rows, q=0.25, seq_len=128, seed=0)
     counts = []
     for _ in range(200):
