@@ -15,6 +15,9 @@ PY=${PY:-python3}
 STEP_TIMEOUT=${STEP_TIMEOUT:-240}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# A persistent cache turns on XLA's per-fusion autotune cache too: later variants reuse the GEMM autotuning
+# of earlier ones (the variants differ in attention, not in their matrix shapes).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/pingllm_jax_cache}
 log() { tee -a "$OUT/sweep.log"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | log
