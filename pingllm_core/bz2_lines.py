@@ -105,10 +105,8 @@ class Bz2Lines:
         def append(piece: bytes) -> None:
             nonlocal buf, pos
             end = pos + len(piece)
-            if end > len(buf):  # a line longer than a block: a bigger buffer, not returned to the pool
-                bigger = _anonymous(max(2 * len(buf), end + 1))
-                bigger[:pos] = buf[:pos]
-                buf = bigger
+            if end > len(buf):  # a line longer than a block
+                buf = _grown(buf, pos, max(2 * len(buf), end + 1))
             buf[pos:end] = piece
             pos = end
 
@@ -118,11 +116,10 @@ class Bz2Lines:
                 while chunk := fh.read(_READ_BYTES):
                     # hand out the whole lines so far when the next chunk's text might not fit (a block never
                     # ends inside one chunk's text: see the class doc)
-                    if pos + most >= len(buf) and (cut := buf.rfind(b"\n", 0, pos) + 1):
-                        nxt = _take_buffer(max(self.block_bytes, 2 * (pos - cut)))
-                        nxt[: pos - cut] = buf[cut:pos]  # the partial last line starts the next block
-                        yield Block(buf, cut)
-                        buf, pos = nxt, pos - cut
+                    if pos + most >= len(buf):
+                        block, buf, pos = _split(buf, pos, self.block_bytes)
+                        if block is not None:
+                            yield block
                     total_in += len(chunk)
                     before = pos
                     while chunk or not (dec.needs_input or dec.eof):
@@ -193,18 +190,29 @@ def prefetch(blocks: Iterator[Block], depth: int = 1) -> Iterator[Block]:
         thread.join()
 
 
-def _hand_out(buf: mmap.mmap, pos: int, block_bytes: int) -> tuple[Block | None, mmap.mmap, int]:
-    """Split a full buffer after its last newline: (block of whole lines, next buffer, bytes in it). A buffer
-    with no newline (a line longer than a block) is replaced by one twice as big, and no block comes out."""
+def _split(buf: mmap.mmap, pos: int, block_bytes: int) -> tuple[Block | None, mmap.mmap, int]:
+    """Hand out the whole lines of buf[:pos]: (their block, a next buffer holding the partial last line, its
+    length); (None, buf, pos) when there is no newline yet."""
     cut = buf.rfind(b"\n", 0, pos) + 1
     if not cut:
-        bigger = _anonymous(2 * len(buf))
-        bigger[:pos] = buf[:pos]
-        _give_buffer(buf)
-        return None, bigger, pos
+        return None, buf, pos
     nxt = _take_buffer(max(block_bytes, 2 * (pos - cut)))  # the rest may be a long line too
     nxt[: pos - cut] = buf[cut:pos]  # the partial last line starts the next block
     return Block(buf, cut), nxt, pos - cut
+
+
+def _grown(buf: mmap.mmap, pos: int, size: int) -> mmap.mmap:
+    """A buffer of `size` bytes holding buf[:pos] (for a line longer than a block); buf goes back to the pool."""
+    bigger = _anonymous(size)
+    bigger[:pos] = buf[:pos]
+    _give_buffer(buf)
+    return bigger
+
+
+def _hand_out(buf: mmap.mmap, pos: int, block_bytes: int) -> tuple[Block | None, mmap.mmap, int]:
+    """Make room in a full buffer: hand out its whole lines, or if it holds none, move to one twice as big."""
+    block, buf, pos = _split(buf, pos, block_bytes)
+    return (block, buf, pos) if block is not None else (None, _grown(buf, pos, 2 * len(buf)), pos)
 
 
 @contextlib.contextmanager
