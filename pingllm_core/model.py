@@ -136,19 +136,6 @@ def packed_segments(segment_ids_BxL: jax.Array, max_segments: int) -> PackedSegm
     )
 
 
-def packed_mask(packed: PackedSegments, seq: int) -> jax.Array:
-    """The [B, 1, L, L] boolean mask a packed layout means (causal within each run); for tests."""
-    m = packed.seqlen_BxM.shape[1]
-    pos_L = jnp.arange(seq, dtype=jnp.int32)
-    start_BxM, length_BxM = packed.offsets_BxM1[:, :m], packed.seqlen_BxM
-    inside_BxLxM = (pos_L[None, :, None] >= start_BxM[:, None, :]) & (
-        pos_L[None, :, None] < (start_BxM + length_BxM)[:, None, :]
-    )
-    run_BxL = jnp.where(inside_BxLxM.any(-1), jnp.argmax(inside_BxLxM, -1), -1)  # -1: in no run
-    same_BxLxL = (run_BxL[:, :, None] == run_BxL[:, None, :]) & (run_BxL[:, :, None] >= 0)
-    return (same_BxLxL & (pos_L[None, :, None] >= pos_L[None, None, :]))[:, None]
-
-
 def _on_gpu() -> bool:
     return jax.default_backend() == "gpu"
 

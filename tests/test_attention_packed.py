@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pingllm_core.model as model_lib
-from pingllm_core.model import Transformer, model_config, packed_mask, packed_segments, resolve_attention
+from pingllm_core.model import PackedSegments, Transformer, model_config, packed_segments, resolve_attention
 
 
 def _row(lengths: list[int], pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,6 +25,19 @@ def _row(lengths: list[int], pad: int) -> tuple[np.ndarray, np.ndarray]:
     )
     pos = np.concatenate([np.arange(n) for n in lengths] + [np.zeros(pad)]).astype(np.int32)
     return seg, pos
+
+
+def packed_mask(packed: PackedSegments, seq: int) -> jax.Array:
+    """The [B, 1, L, L] boolean mask a packed layout means (causal within each run)."""
+    m = packed.seqlen_BxM.shape[1]
+    pos_L = jnp.arange(seq, dtype=jnp.int32)
+    start_BxM, length_BxM = packed.offsets_BxM1[:, :m], packed.seqlen_BxM
+    inside_BxLxM = (pos_L[None, :, None] >= start_BxM[:, None, :]) & (
+        pos_L[None, :, None] < (start_BxM + length_BxM)[:, None, :]
+    )
+    run_BxL = jnp.where(inside_BxLxM.any(-1), jnp.argmax(inside_BxLxM, -1), -1)  # -1: in no run
+    same_BxLxL = (run_BxL[:, :, None] == run_BxL[:, None, :]) & (run_BxL[:, :, None] >= 0)
+    return (same_BxLxL & (pos_L[None, :, None] >= pos_L[None, None, :]))[:, None]
 
 
 def _model_mask(seg_BxL: np.ndarray) -> np.ndarray:
