@@ -10,7 +10,7 @@ from flax import nnx
 
 from pingllm_core import privacy, records, tokens
 from pingllm_core.model import Transformer, model_config
-from tests.test_records import make_split
+from tests.test_records import make_record_splits
 
 # ------------------------------------------------------------------------------------- audit metrics
 
@@ -107,14 +107,10 @@ NONMEMBERS = [(21, 1, 200), (22, 2, 30), (23, 1, 1)]
 @pytest.fixture(scope="module")
 def record_dirs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("privacy")
-    out = []
-    for name, probes, seed in (("train", MEMBERS, 0), ("heldout_probes", NONMEMBERS, 1)):
-        make_split(root / f"{name}.parquet", seed=seed, probes=probes)
-        # A small row bound splits probe 11 over several rows, so per-probe grouping is exercised.
-        cfg = records.RecordsConfig(max_row_bytes=4096, shards=2)
-        records.write_probe_records(root / f"{name}.parquet", root / name, cfg)
-        out.append(root / name)
-    return out[0], out[1]
+    # A small row bound splits probe 11 over several rows, so per-probe grouping is exercised.
+    cfg = records.RecordsConfig(max_row_bytes=4096, shards=2)
+    train, heldout = make_record_splits(root, [("train", MEMBERS, 0), ("heldout_probes", NONMEMBERS, 1)], cfg)
+    return train, heldout
 
 
 @pytest.fixture(scope="module")

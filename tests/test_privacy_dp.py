@@ -14,7 +14,7 @@ from flax import nnx
 
 from pingllm_core import privacy, privacy_dp, records, tokens
 from pingllm_core.model import Transformer, model_config
-from tests.test_records import make_split
+from tests.test_records import make_record_splits
 
 # ------------------------------------------------------------------------------------------ accounting
 
@@ -151,12 +151,9 @@ HELDOUT = [(p, 1, 50 + 5 * i) for i, p in enumerate(range(201, 207))]
 @pytest.fixture(scope="module")
 def record_dirs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("dp")
-    out = []
-    for name, probes, seed in (("train", MEMBERS, 3), ("heldout_probes", HELDOUT, 4)):
-        make_split(root / f"{name}.parquet", seed=seed, probes=probes)
-        records.write_probe_records(root / f"{name}.parquet", root / name, records.RecordsConfig(shards=2))
-        out.append(root / name)
-    return out[0], out[1]
+    splits = [("train", MEMBERS, 3), ("heldout_probes", HELDOUT, 4)]
+    train, heldout = make_record_splits(root, splits, records.RecordsConfig(shards=2))
+    return train, heldout
 
 
 def test_sampler_draws_each_probe_with_rate_q(record_dirs) -> None:

@@ -67,6 +67,16 @@ def make_split(path: Path, seed: int = 0, probes=PROBES) -> pd.DataFrame:
     return df
 
 
+def make_record_splits(root: Path, splits, cfg: records.RecordsConfig) -> list[Path]:
+    """One probe-record folder per (name, probes, seed): a split by make_split, then its records, under root."""
+    out = []
+    for name, probes, seed in splits:
+        make_split(root / f"{name}.parquet", seed=seed, probes=probes)
+        records.write_probe_records(root / f"{name}.parquet", root / name, cfg)
+        out.append(root / name)
+    return out
+
+
 def _ip(b: np.ndarray, v6: bool) -> str:
     return str(ipaddress.IPv6Address(bytes(b)) if v6 else ipaddress.IPv4Address(bytes(b[:4])))
 
