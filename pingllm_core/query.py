@@ -39,7 +39,7 @@ from pingllm_core.query_context import (  # noqa: F401  (re-exported: the query 
     take,
 )
 from pingllm_core.query_decode import decoder, extend_jit, split_blocks
-from pingllm_core.query_rank import RankStats, rank_family
+from pingllm_core.query_rank import RankStats, bucket, rank_family
 
 MIN_BRANCH_PROB = 1e-4  # byte-1 values below this mass are not expanded (their mass is dropped, renormalised)
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
@@ -148,11 +148,6 @@ def _report_ranked(progress: Callable[[str], None], total: int, v6: bool, done: 
     progress(f"ranked {done}/{total} IPv{6 if v6 else 4} candidates")
 
 
-def _bucket(n: int, least: int = 8) -> int:
-    """Padded size: a power of two, at least `least`, so that jit compiles a handful of shapes."""
-    return max(least, 1 << (int(n) - 1).bit_length())
-
-
 class QueryEngine:
     """Answers queries from a trained transformer, offline; see the module docstring for prompt layout."""
 
@@ -195,8 +190,8 @@ class QueryEngine:
         that also holds `extra`, so that a few compiled shapes serve every prompt length.
         """
         n = len(prompt_L)
-        size = _bucket(n, 32)
-        capacity = _bucket(n + extra, 32)
+        size = bucket(n, 32)
+        capacity = bucket(n + extra, 32)
         padded = np.zeros((1, size), np.int32)
         padded[0, :n] = prompt_L
         logp, cache = self._dec.prefill(
@@ -207,13 +202,13 @@ class QueryEngine:
     @staticmethod
     def _trim(cache: KVCache, n: int) -> KVCache:
         """The first slots of a batch-1 cache that hold `n` tokens (every row of a cascade reads all slots)."""
-        keep = min(cache.k.shape[2], _bucket(n, 8))
+        keep = min(cache.k.shape[2], bucket(n, 8))
         return KVCache(cache.k[:, :, :keep], cache.v[:, :, :keep], cache.length)
 
     def extend(self, cache: KVCache, rows: np.ndarray, tokens_BxT: np.ndarray) -> tuple[np.ndarray, KVCache]:
         """Rows `rows` of `cache` continued by `tokens_BxT` (one call, padded); log-probs after the last token."""
         n = len(rows)
-        pad = _bucket(n) - n
+        pad = bucket(n) - n
         rows_p = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
         toks_p = np.concatenate([tokens_BxT, np.repeat(tokens_BxT[:1], pad, axis=0)]).astype(np.int32)
         logp, cache = self._extend(self._state, cache, jnp.asarray(rows_p), jnp.asarray(toks_p))

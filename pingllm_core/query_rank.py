@@ -35,9 +35,14 @@ CHUNK = 1024  # candidates per trie (bounds the leaf call: rows x tokens x layer
 LEVEL_OVERHEAD = 16  # a shared level's fixed cost (a call, the rows' extra ancestor), in token evaluations
 
 
+def bucket(n: int, least: int = 8) -> int:
+    """Padded size: a power of two, at least `least`, so that jit compiles a handful of shapes."""
+    return max(least, 1 << (int(n) - 1).bit_length())
+
+
 def pad_rows(n: int) -> int:
     """Padded batch size: powers of two up to 256, then multiples of 128 (few compiled shapes, < 1/3 waste)."""
-    return max(8, 1 << (int(n) - 1).bit_length()) if n <= 256 else -(-int(n) // 128) * 128
+    return bucket(n) if n <= 256 else -(-int(n) // 128) * 128
 
 
 @dataclasses.dataclass
