@@ -52,7 +52,7 @@ MEASUREMENT_SCHEMA = pa.schema(
         ("prb_id", pa.int32()),
     ]
 )
-# Keys shared with the independent manifests in shared/data/ripe-public.
+# Keys shared with the independent manifests of the real samples in tests/data/ripe-public.
 MANIFEST_KEYS = (
     "results",
     "rows",

@@ -11,9 +11,9 @@ import pytest
 
 from pingllm_core.download import DownloadConfig, download_day, download_file, dump_url, verify_bz2
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RIPE = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 DAY = dt.date(2015, 1, 31)
-REAL = (FIXTURES / "weineran-ping-2015-01-31T0000.bz2").read_bytes()
+REAL = (RIPE / "weineran" / str(DAY) / f"ping-{DAY}T0000.bz2").read_bytes()
 
 
 class _Server(ThreadingHTTPServer):
