@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
+import urllib3
 
 DEFAULT_BASE_URL = "https://data-store.ripe.net/datasets/atlas-daily-dumps"
 STATUSES = ("downloaded", "resumed", "skipped", "missing", "truncated", "failed")
@@ -39,7 +40,7 @@ class DownloadConfig:
     # seconds that failed attempts and the waits after them may take in a row, over files (a file that comes
     # through restores it); once spent, a failure is final, so a dead host costs this, not retries x 24 hours
     retry_budget_s: float = 30.0
-    chunk_bytes: int = 1 << 20  # streamed bytes per write
+    chunk_bytes: int = 1 << 20  # most bytes taken from the connection per write
 
     def __post_init__(self) -> None:
         if min(self.timeout, self.connect_timeout) <= 0 or self.retries < 0 or self.backoff_s < 0:
@@ -215,13 +216,18 @@ def _attempt(url: str, part: Path, cfg: DownloadConfig) -> tuple[int, bool]:
             expected = resp.headers.get("Content-Length")
             got = 0
             with open(part, "ab" if resumed else "wb") as fh:  # a server ignoring Range sends 200, all of it
-                for chunk in resp.iter_content(cfg.chunk_bytes):
+                # read1 hands over whatever has arrived (up to chunk_bytes), so a cut connection loses none of
+                # the bytes received; iter_content would drop its partly filled last chunk
+                while chunk := resp.raw.read1(cfg.chunk_bytes, decode_content=True):
                     fh.write(chunk)
                     got += len(chunk)
             if expected is not None and got != int(expected):
                 raise _Retryable(f"short read: {got} of {expected} bytes from {url}")
             return got, resumed
-    except requests.RequestException as exc:  # cut off mid-body: the bytes so far stay in `part`
+    except (
+        requests.RequestException,
+        urllib3.exceptions.HTTPError,
+    ) as exc:  # cut off mid-body: what came stays
         raise _Retryable(f"{_first_line(exc)} for URL {url}") from None
 
 
@@ -326,9 +332,10 @@ def download_day(
         url = dump_url(cfg.base_url, day, hour)
         res = download_file(url, day_dir / url.rsplit("/", 1)[1], cfg, budget, progress)
         if res.unreachable:
+            reason = (res.error or "").split(" for URL ")[0]
             raise HostUnreachable(
-                f"cannot download from {cfg.base_url}: {res.error} ({res.attempts} attempts in "
-                f"{res.seconds:.1f} s); check ripe_base_url and the network"
+                f"cannot download from {cfg.base_url}: {reason} ({Path(res.path).name}: {res.attempts} attempts "
+                f"in {res.seconds:.1f} s); check ripe_base_url and the network"
             )
         report.files.append(res)
         if progress:
