@@ -3,17 +3,19 @@
 import datetime as dt
 import json
 import os
+from pathlib import Path
 
 import dagster as dg
 
 from pingllm_assets.metadata import flat_numbers
 from pingllm_assets.partitions import DAILY, SINGLE_RUN
-from pingllm_assets.raw import raw_ping_dumps
+from pingllm_assets.raw import day_status, hour_ranges, raw_ping_dumps
 from pingllm_assets.resources import PingllmSettings
-from pingllm_core.parse import ParseConfig, parse_files
+from pingllm_core.download import DownloadReport, read_day_report
+from pingllm_core.parse import ParseConfig, ParseSummary, parse_files
 from pingllm_core.splits import CHECK_NAMES, SplitConfig, check_splits, make_sample, make_splits
 
-DISTINCT_COUNTS = ("probes", "public_sources", "destinations")
+CHECK_PARSED = "every_file_parsed"  # blocking: a file that could not be parsed stops the sample and splits
 
 
 class ParseAssetConfig(dg.Config):
@@ -40,55 +42,109 @@ class SampleAssetConfig(dg.Config):
         )
 
 
+def _day_status(files: int, report: DownloadReport | None) -> str:
+    """Why a day's slice holds what it holds, in one line (from the files and the raw asset's download report)."""
+    if report is None:  # dumps written or copied without a download (the synthetic source)
+        return "complete"
+    status = day_status(report)
+    if not files:
+        return f"{status}: the day is materialized empty" if status.startswith("empty") else status
+    return status
+
+
+def _day_metadata(summary: ParseSummary, files: int, report: DownloadReport | None) -> dict:
+    """Metadata of one day's partition: the parser's counts, damage, failures and the day's status."""
+    meta: dict = flat_numbers("", summary.stats)
+    meta.update(
+        files=files,
+        status=_day_status(files, report),
+        truncated_files=len(summary.truncated_files),
+        failed_files=len(summary.failed),
+        rows_per_s=round(summary.rows_per_s, 1),
+    )
+    if report is not None:
+        meta["hours_missing"] = len(report.missing_hours)
+        meta["missing_hours"] = hour_ranges(report.missing_hours)
+    if summary.truncated_files:
+        listed = [f"- {Path(p).name}: {summary.errors.get(p, 'damaged')}" for p in summary.truncated_files]
+        meta["truncated_file_list"] = dg.MetadataValue.md("\n".join(listed))
+    if summary.failed:
+        meta["failed_file_list"] = dg.MetadataValue.md("\n".join(f"- {e}" for e in summary.failed.values()))
+    if summary.rejects:
+        meta["rejected_sample"] = dg.MetadataValue.json(summary.rejects[:20])
+    return meta
+
+
 @dg.asset(
     partitions_def=DAILY,
     backfill_policy=SINGLE_RUN,
     deps=[raw_ping_dumps],
     group_name="data",
     kinds={"parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_PARSED,
+            asset="measurements",
+            blocking=True,
+            description="Every dump file was parsed to its end (damaged files keep their lines before the damage).",
+        )
+    ],
 )
 def measurements(
     context: dg.AssetExecutionContext, config: ParseAssetConfig, pingllm: PingllmSettings
 ) -> dg.MaterializeResult:
-    """One row per ping packet (SPEC schema); each day replaces its own Parquet slice."""
+    """One row per ping packet (SPEC schema); each day replaces its own Parquet slice, empty for a day that the
+    server does not have."""
     layout = pingllm.layout
     cfg = ParseConfig(collapse=config.collapse, workers=config.workers or os.cpu_count() or 1)
-    totals: dict[str, int] = {}
-    truncated: list[str] = []
-    rejects: list[dict] = []
-    rows_per_s = []
-    for key in context.partition_keys:
-        day = dt.date.fromisoformat(key)
-        files = sorted((layout.raw / key).glob(f"ping-{key}T*.bz2"))
-        if not files:
-            raise dg.Failure(
-                f"no dump files for {day} under {layout.raw / key}: materialize raw_ping_dumps first"
-            )
+    days = {key: sorted((layout.raw / key).glob(f"ping-{key}T*.bz2")) for key in context.partition_keys}
+    reports = {key: read_day_report(layout.raw, dt.date.fromisoformat(key)) for key in days}
+    # Checked before any parsing, so that a run either records every day or none.
+    never = [key for key, files in days.items() if not files and reports[key] is None]
+    if never:
+        raise dg.Failure(
+            f"no dump files and no download report for {len(never)} days ({', '.join(never[:5])}"
+            f"{', ...' if len(never) > 5 else ''}) under {layout.raw}: materialize raw_ping_dumps for them first",
+            allow_retries=False,
+        )
+    failed: dict[str, str] = {}
+    rows, seconds = 0, 0.0
+    for key, files in days.items():
         out = layout.measurements / f"date={key}" / "part-0.parquet"
-        summary = parse_files(files, out, cfg, progress=context.log.info)
-        for k, v in summary.stats.items():
-            if k in DISTINCT_COUNTS:  # distinct within a day: summing days would count a probe twice
-                totals[f"{key}/{k}"] = int(v)
-            else:
-                totals[k] = totals.get(k, 0) + int(v)
-        truncated += [str(p) for p in summary.truncated_files]
-        rejects += summary.rejects[:20]
-        rows_per_s.append(summary.rows_per_s)
+        summary = parse_files(files, out, cfg, progress=context.log.info)  # no files: an empty slice
         layout.rejects.mkdir(parents=True, exist_ok=True)
         (layout.rejects / f"date={key}.json").write_text(
             json.dumps({"stats": summary.stats, "rejects": summary.rejects}, indent=1, default=str)
         )
-        context.log.info(f"{key}: {summary.stats.get('rows', 0)} rows from {len(files)} files")
-    meta: dict = flat_numbers("", totals)
-    meta["rows_per_s"] = round(sum(rows_per_s) / max(len(rows_per_s), 1), 1)
-    meta["truncated_files"] = len(truncated)
-    if truncated:
-        context.log.warning(f"{len(truncated)} truncated dump files; rows before the damage were kept")
-        meta["truncated_file_list"] = dg.MetadataValue.md("\n".join(f"- {p}" for p in truncated))
-    if rejects:
-        meta["rejected_sample"] = dg.MetadataValue.json(rejects[:20])
-    meta["path"] = dg.MetadataValue.path(str(layout.measurements))
-    return dg.MaterializeResult(metadata=meta)
+        day_meta = _day_metadata(summary, len(files), reports[key])
+        context.add_asset_metadata(day_meta, partition_key=key)
+        failed.update(summary.failed)
+        rows, seconds = rows + summary.rows, seconds + summary.seconds
+        context.log.info(f"{key}: {summary.rows} rows from {len(files)} files ({day_meta['status']})")
+        if summary.truncated_files:
+            context.log.warning(
+                f"{key}: {len(summary.truncated_files)} damaged dump files; rows before the damage kept"
+            )
+    for error in failed.values():
+        context.log.error(f"could not parse {error}")
+    return dg.MaterializeResult(
+        metadata={
+            "days": len(days),
+            "run_rows": rows,
+            "run_rows_per_s": round(rows / seconds, 1) if seconds > 0 else 0.0,
+            "path": dg.MetadataValue.path(str(layout.measurements)),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK_PARSED,
+                passed=not failed,
+                metadata={
+                    "failed_files": len(failed),
+                    "detail": "\n".join(list(failed.values())[:50]) or "every dump file was parsed",
+                },
+            )
+        ],
+    )
 
 
 @dg.asset(deps=[measurements], backfill_policy=SINGLE_RUN, group_name="data", kinds={"duckdb", "parquet"})

@@ -11,6 +11,7 @@ string (cached). No Python loop runs per result or per row.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -38,6 +39,7 @@ from pingllm_core.bz2_lines import (
     FastDecodeFailed,
     clear_pool,
     fast_decoder_available,
+    invalid_utf8_lines,
     prefetch,
 )
 from pingllm_core.parse_fast import AddressBook, FastBlock, int_array, np_values, parse_fast, string_array
@@ -52,7 +54,7 @@ MEASUREMENT_SCHEMA = pa.schema(
         ("prb_id", pa.int32()),
     ]
 )
-# Keys shared with the independent manifests in shared/data/ripe-public.
+# Keys shared with the independent manifests of the real samples in tests/data/ripe-public.
 MANIFEST_KEYS = (
     "results",
     "rows",
@@ -196,7 +198,8 @@ class ParsedFile:
     stats: dict[str, int]
     rejects: list[dict]
     truncated: bool = False
-    error: str | None = None
+    error: str | None = None  # damage (what was read before it is kept) or why the parse failed
+    failed: str | None = None  # set when the file could not be parsed to its end (not damage): why
 
 
 @dataclass
@@ -209,10 +212,11 @@ class ParseSummary:
     stats: dict[str, int]
     rejects: list[dict]
     truncated_files: list[str]
-    errors: dict[str, str]
+    errors: dict[str, str]  # file -> damage or failure, for every file that had either
     seconds: float
     rows_per_s: float
     parts: list[str] = field(default_factory=list)  # the Parquet part files written, one per input file
+    failed: dict[str, str] = field(default_factory=dict)  # file -> why it could not be parsed to its end
 
 
 def _ranges(cidrs: str) -> tuple[list[int], list[int]]:
@@ -280,6 +284,26 @@ def _line_ends(block: memoryview) -> np.ndarray:
     step = 1 << 18  # compare in cache-sized slices: one 64 MB boolean temporary costs more than the scan
     parts = [np.flatnonzero(data[i : i + step] == 10) + (i + 1) for i in range(0, len(data), step)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _blank_invalid_utf8(block: Block, ends: np.ndarray) -> dict[int, str]:
+    """Overwrite every line of the block that is not valid UTF-8 with spaces, so that DuckDB (whose strings must
+    be UTF-8: an invalid byte is an internal error that breaks its connection) reads a blank line there; returns
+    {line index in the block: its text, invalid bytes as \\x escapes} for the reject count and sample."""
+    texts = {}
+    for i in invalid_utf8_lines(block.view(), ends).tolist():
+        start, end = (int(ends[i - 1]) if i else 0), int(ends[i]) - 1  # the newline stays
+        texts[i] = block.data[start:end].decode("utf-8", "backslashreplace")
+        block.data[start:end] = b" " * (end - start)
+    return texts
+
+
+def _as_bad_utf8(counts: Counter, n: int) -> None:
+    """Count n blanked lines (which the parsers counted as blank lines) as invalid UTF-8 instead."""
+    counts["rejected_blank_line"] -= n
+    if not counts["rejected_blank_line"]:
+        del counts["rejected_blank_line"]
+    counts["rejected_bad_utf8"] += n
 
 
 def _lines_table(block: memoryview, ends: np.ndarray, first_ln: int) -> pa.Table:
@@ -373,6 +397,7 @@ def _parse_block(
     rows, the number of lines in the block and the rows' prb_id, src_addr and dst_addr values (deduplicated
     within the block, for the distinct counts)."""
     ends = _line_ends(block.view())
+    invalid = _blank_invalid_utf8(block, ends)
     lines = _lines_table(block.view(), ends, first_ln)
     room = cfg.reject_sample - len(rejects)
     if cfg.fast_path:
@@ -406,8 +431,14 @@ def _parse_block(
             cols = {
                 name: _merged(col, _col(slow_rows, name, arrow=True), order) for name, col in cols.items()
             }
+    if invalid:
+        _as_bad_utf8(counts, len(invalid))
     for ln, reason in sample[: max(room, 0)]:
-        text = lines.column("line")[ln - first_ln].as_py()
+        text = invalid.get(ln - first_ln)
+        if text is None:
+            text = lines.column("line")[ln - first_ln].as_py()
+        else:
+            reason = "bad_utf8"
         rejects.append({"reason": reason, "line_no": ln + 1, "text": text.rstrip()[:_REJECT_TEXT_CHARS]})
     rtt = np.ascontiguousarray(cols["rtt"], np.float64)
     table = pa.Table.from_arrays(
@@ -462,25 +493,22 @@ RESTART = object()  # _parse_stream's signal: forget this file's tables so far, 
 
 
 def _parse_stream(
-    path: Path,
-    cfg: ParseConfig,
-    counts: Counter,
-    rejects: list[dict],
-    status: dict,
-    con: duckdb.DuckDBPyConnection | None = None,
+    path: Path, cfg: ParseConfig, counts: Counter, rejects: list[dict], status: dict
 ) -> Iterator[tuple[pa.Table, dict[str, pa.Array]] | object]:
-    """Measurement tables of one dump block by block, each with its distinct keys; damage and engine errors
-    land in `status`. Uses `con` when given (a connection for several files), else one of its own.
+    """Measurement tables of one dump block by block, each with its distinct keys. Damage lands in `status`
+    ("truncated", "error"); a file that could not be parsed to its end (unreadable, an engine failure) sets
+    "failed" and "error" instead of raising, and the rows before the failure stay.
+
+    Each file gets a DuckDB connection of its own (~40 ms), closed after it: nothing of one file's parse (a
+    table left behind, a connection that an engine error invalidated) can reach the next file.
 
     The fast decoder reads the file first. If it refuses the file (damage of any kind), `counts` and `rejects`
     are reset, RESTART is yielded (the caller drops the tables it has), and the reference decoder parses the
     file again: it alone decides what a damaged file keeps."""
     decoders = [FastBz2Lines, Bz2Lines] if cfg.fast_bz2 and fast_decoder_available() else [Bz2Lines]
     source = None
-    own = con is None
     try:
-        con = _connect() if own else con
-        try:
+        with contextlib.closing(_connect()) as con:
             for decoder in decoders:
                 source = decoder(path, cfg.block_bytes)
                 first_ln = 0
@@ -498,19 +526,12 @@ def _parse_stream(
                     counts.update(_new_counts())
                     rejects.clear()
                     yield RESTART
-        except duckdb.Error:
-            if not own:  # leave a shared connection clean for the next file
-                for sql in ("DROP TABLE IF EXISTS parsed", "DROP TABLE IF EXISTS res"):
-                    con.execute(sql)
-            raise
-        finally:
-            if own:
-                con.close()
-    except (OSError, duckdb.Error) as exc:  # unreadable file or a parse engine failure: report, keep going
-        status["error"] = f"{path.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    except Exception as exc:  # noqa: BLE001 - whatever stopped this file is reported with it; the next goes on
+        text = str(exc).splitlines()[0][:300] if str(exc) else ""
+        status["failed"] = status["error"] = f"{path.name}: {type(exc).__name__}: {text}"
     if source is not None:
         status["truncated"] = source.truncated
-        if source.error:
+        if source.error and "failed" not in status:
             status["error"] = source.error
 
 
@@ -521,7 +542,8 @@ def _distinct(blocks_keys: list[dict[str, pa.Array]], name: str) -> pa.Array:
 
 
 def _new_counts() -> Counter:
-    return Counter({k: 0 for k in MANIFEST_KEYS})
+    """Zeros for the keys every file reports, whichever path (fast or generic) its lines took."""
+    return Counter(dict.fromkeys((*MANIFEST_KEYS, "lines", "results_used"), 0))
 
 
 def parse_file(path: str | os.PathLike, cfg: ParseConfig | None = None) -> ParsedFile:
@@ -541,7 +563,13 @@ def parse_file(path: str | os.PathLike, cfg: ParseConfig | None = None) -> Parse
     table = pa.concat_tables([t for t, _ in parts]) if parts else MEASUREMENT_SCHEMA.empty_table()
     counts.update({k: len(_distinct([keys for _, keys in parts], c)) for k, c in _UNIQUE_COLUMNS.items()})
     return ParsedFile(
-        str(path), table, dict(counts), rejects, status.get("truncated", False), status.get("error")
+        str(path),
+        table,
+        dict(counts),
+        rejects,
+        status.get("truncated", False),
+        status.get("error"),
+        status.get("failed"),
     )
 
 
@@ -557,6 +585,7 @@ class _PartResult:
     uniques: dict[str, pa.Array]
     truncated: bool
     error: str | None
+    failed: str | None
 
 
 # Dictionary pages for the address columns only (the others are near-unique or tiny), and min/max statistics
@@ -568,26 +597,13 @@ _PARQUET_OPTIONS = {
 }
 
 
-# The connection of a pool worker process, made there by _init_worker and used for all the files it parses
-# (never made in the parent: a DuckDB connection must not cross a fork).
-_WORKER_CONNECTION: duckdb.DuckDBPyConnection | None = None
-
-
-def _init_worker() -> None:
-    global _WORKER_CONNECTION  # noqa: PLW0603 - per-process state by design
-    _WORKER_CONNECTION = _connect()
-
-
-def _parse_to_part(
-    path: str, part: str, cfg: ParseConfig, con: duckdb.DuckDBPyConnection | None = None
-) -> _PartResult:
+def _parse_to_part(path: str, part: str, cfg: ParseConfig) -> _PartResult:
     """Process-pool entry point: parse one dump and stream its rows into its own Parquet part file."""
     counts, rejects, status = _new_counts(), [], {}
     blocks_keys = []
-    con = con or _WORKER_CONNECTION
     writer = pq.ParquetWriter(part, MEASUREMENT_SCHEMA, **_PARQUET_OPTIONS)
     try:
-        for item in _parse_stream(Path(path), cfg, counts, rejects, status, con):
+        for item in _parse_stream(Path(path), cfg, counts, rejects, status):
             if item is RESTART:  # the file is parsed again from its start: so is the part file
                 writer.close()
                 writer = pq.ParquetWriter(part, MEASUREMENT_SCHEMA, **_PARQUET_OPTIONS)
@@ -609,6 +625,7 @@ def _parse_to_part(
         distinct,
         status.get("truncated", False),
         status.get("error"),
+        status.get("failed"),
     )
 
 
@@ -634,6 +651,25 @@ def _stale_parts(out_path: Path, keep: Sequence[Path]) -> list[Path]:
     return [p for p in out_path.parent.iterdir() if pattern.fullmatch(p.name) and p.name not in keep_names]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _leftover_tmps(out_path: Path) -> list[Path]:
+    """Temporary parts of this slice left by a run that died before its rename (kill -9, power loss): their
+    owner's pid (in the name) is gone. A live owner's are left alone: that run is still writing them."""
+    base = re.sub(r"-\d+$", "", out_path.stem)
+    pattern = re.compile(rf"\.{re.escape(base)}-\d+\.parquet\.(\d+)\.tmp")
+    found = [(p, pattern.fullmatch(p.name)) for p in out_path.parent.iterdir()]
+    return [p for p, m in found if m and not _alive(int(m.group(1)))]
+
+
 def parse_files(
     paths: Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
@@ -643,11 +679,15 @@ def parse_files(
     """Parse dump files in parallel processes, each writing its own Parquet part next to out_path
     (`part_paths(out_path, len(paths))`, file order kept by part number); sums counts across files.
 
-    The run replaces its slice: once every part is written, earlier parts of the same base name are removed.
-    Only counts, rejected-line samples and the distinct keys travel back from the workers."""
+    The run replaces its slice: once every part is written, earlier parts of the same base name are removed,
+    and so are temporary parts that a killed run left. A file that fails to parse does not stop the others:
+    it is in `failed` (and `errors`) with its reason. Only counts, rejected-line samples and the distinct keys
+    travel back from the workers."""
     cfg = cfg or ParseConfig()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in _leftover_tmps(out_path):
+        leftover.unlink(missing_ok=True)
     start = time.perf_counter()
     files = [str(p) for p in paths]
     finals = part_paths(out_path, len(files))
@@ -656,6 +696,7 @@ def parse_files(
     rejects: list[dict] = []
     truncated: list[str] = []
     errors: dict[str, str] = {}
+    failed: dict[str, str] = {}
     uniques: dict[str, list[pa.Array]] = {c: [] for c in _UNIQUE_COLUMNS.values()}
     workers = max(1, min(cfg.workers, len(files)))
     try:
@@ -663,14 +704,10 @@ def parse_files(
             pq.write_table(MEASUREMENT_SCHEMA.empty_table(), tmps[0])
         # a thread that decompresses ahead pays off only on a core that would otherwise idle
         cfg = dataclasses.replace(cfg, prefetch=_prefetch_pays(cfg, workers))
-        pool = ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 1 else None
-        con = None if pool else _connect()  # in this process: one connection for all files, passed along
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
             args = (files, [str(t) for t in tmps[: len(files)]], [cfg] * len(files))
-            if pool:
-                results = pool.map(_parse_to_part, *args)
-            else:
-                results = map(functools.partial(_parse_to_part, con=con), *args)
+            results = pool.map(_parse_to_part, *args) if pool else map(_parse_to_part, *args)
             for done, part in enumerate(results, start=1):
                 counts.update({k: v for k, v in part.stats.items() if k not in _UNIQUE_COLUMNS})
                 for name, acc in uniques.items():
@@ -680,6 +717,8 @@ def parse_files(
                     truncated.append(part.path)
                 if part.error:
                     errors[part.path] = part.error
+                if part.failed:
+                    failed[part.path] = part.failed
                 if progress:
                     progress(
                         f"parsed {done}/{len(files)} {Path(part.path).name}: {part.rows} rows"
@@ -688,8 +727,6 @@ def parse_files(
         finally:
             if pool:
                 pool.shutdown()
-            if con is not None:
-                con.close()
         for tmp, final in zip(tmps, finals, strict=True):
             os.replace(tmp, final)
         for stale in _stale_parts(out_path, finals):
@@ -714,4 +751,5 @@ def parse_files(
         seconds=seconds,
         rows_per_s=stats["rows"] / seconds if seconds > 0 else 0.0,
         parts=[str(p) for p in finals],
+        failed=failed,
     )

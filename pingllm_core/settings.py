@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -13,6 +14,10 @@ from pingllm_core.paths import DataLayout, default_data_root
 CONFIG_ENV = "PINGLLM_CONFIG"  # path to a TOML file with the keys of `ProjectSettings`
 RIPE_BASE_URL = "https://data-store.ripe.net/datasets/atlas-daily-dumps"
 SOURCES = ("synthetic", "ripe")
+
+
+class SettingsError(ValueError):
+    """A bad setting: the message is one line that names the key and where it came from."""
 
 
 @dataclass(frozen=True)
@@ -29,13 +34,10 @@ class ProjectSettings:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-        try:
-            start, end = dt.date.fromisoformat(self.start_day), dt.date.fromisoformat(self.end_day)
-        except ValueError as exc:
-            raise ValueError(f"start_day/end_day must be YYYY-MM-DD: {exc}") from None
+            raise SettingsError(f"source must be one of {SOURCES}, got {self.source!r}")
+        start, end = _day("start_day", self.start_day), _day("end_day", self.end_day)
         if end < start:
-            raise ValueError(f"end_day {self.end_day} is before start_day {self.start_day}")
+            raise SettingsError(f"end_day {self.end_day} is before start_day {self.start_day}")
 
     @property
     def days(self) -> list[dt.date]:
@@ -49,24 +51,82 @@ class ProjectSettings:
         return DataLayout(self.data_root)
 
 
+def _day(key: str, value: object) -> dt.date:
+    """A YYYY-MM-DD string as a date, or a SettingsError naming the key."""
+    try:
+        if isinstance(value, str) and len(value) == 10:
+            return dt.date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise SettingsError(f"{key} must be a day YYYY-MM-DD, got {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """A value as the user wrote it: text quoted, TOML dates and times as they read."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+_INT_KEYS = {f.name for f in fields(ProjectSettings) if f.type == "int"}
+
+
+def _coerce(key: str, value: object) -> object:
+    """A TOML or environment value in the type the settings keep: days as YYYY-MM-DD text (TOML's native dates
+    too), integers as int, the rest as text; raises SettingsError naming the key."""
+    if key in ("start_day", "end_day"):
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):  # start_day = 2019-05-22
+            return value.isoformat()
+        return _day(key, value).isoformat()
+    if key in _INT_KEYS:
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SettingsError(f"{key} must be an integer, got {_shown(value)}")
+    if not isinstance(value, str):
+        raise SettingsError(f"{key} must be a string, got {_shown(value)}")
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    """A settings file's table; a syntax error names the line and its text."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = re.search(r"\(at line (\d+)", str(exc))
+        line = text.splitlines()[int(where.group(1)) - 1].strip() if where else ""
+        shown = f" in `{line[:80]}`" if line else ""
+        raise SettingsError(f"settings file {path}: not valid TOML{shown}: {exc}") from None
+
+
 def load_settings(path: str | Path | None = None) -> ProjectSettings:
-    """Settings from a TOML file ($PINGLLM_CONFIG or `path`), then PINGLLM_<KEY> env vars on top."""
-    values: dict[str, object] = {}
+    """Settings from a TOML file ($PINGLLM_CONFIG or `path`), then PINGLLM_<KEY> env vars on top; a bad value
+    raises SettingsError with one line naming the key and the file or variable it came from."""
     path = path or os.environ.get(CONFIG_ENV)
+    raw: dict[str, tuple[object, str]] = {}  # key -> (value, where it came from)
     if path:
-        try:
-            values.update(tomllib.loads(Path(path).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"cannot read settings file {path}: {exc}") from None
-    known = {f.name: f for f in fields(ProjectSettings)}
-    unknown = set(values) - set(known)
+        raw = {k: (v, f"settings file {path}") for k, v in _read_toml(Path(path)).items()}
+    known = [f.name for f in fields(ProjectSettings)]
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"unknown settings in {path}: {sorted(unknown)}; known: {sorted(known)}")
-    for name, f in known.items():
+        raise SettingsError(f"settings file {path}: unknown keys {unknown}; known: {sorted(known)}")
+    for name in known:
         env = os.environ.get(f"PINGLLM_{name.upper()}")
         if env is not None:
-            values[name] = int(env) if f.type == "int" else env
-    settings = ProjectSettings(data_root=default_data_root())
+            raw[name] = (env, f"environment variable PINGLLM_{name.upper()}")
+    values: dict[str, object] = {}
+    for name, (value, origin) in raw.items():
+        try:
+            values[name] = _coerce(name, value)
+        except SettingsError as exc:
+            raise SettingsError(f"{origin}: {exc}") from None
     if "data_root" in values:
         values["data_root"] = Path(str(values["data_root"])).expanduser().resolve()
-    return replace(settings, **values)
+    try:
+        return replace(ProjectSettings(data_root=default_data_root()), **values)
+    except SettingsError as exc:  # a rule over more than one value: a known source, end_day after start_day
+        origins = sorted({origin for key, (_, origin) in raw.items() if key in str(exc)})
+        raise SettingsError(f"{', '.join(origins) or 'default settings'}: {exc}") from None

@@ -109,15 +109,19 @@ def make_sample(measurement_glob: str, out_dir: Path, cfg: SplitConfig) -> Split
     if total == 0:
         raise ValueError(f"no measurements found in {measurement_glob}")
     # Uniform and reproducible: rank rows by a seeded hash of their content and keep the N smallest.
-    # A hash pre-filter keeps the sort small when N is a small share of a large table.
-    keep = min(1.0, 1.5 * cfg.sample_rows / total)
-    threshold = int(keep * (2**64 - 1))
+    # A hash pre-filter (the smallest 1.5 N / total of the 64-bit hash range) keeps the sort small when N is a
+    # small share of a large table. From N = 2/3 of the table on, every row would pass: no filter then (its
+    # threshold, 2**64, does not fit a UBIGINT), and N at or above the table size takes the whole table.
+    prefilter = ""
+    if 3 * cfg.sample_rows < 2 * total:
+        threshold = 3 * cfg.sample_rows * (2**64 - 1) // (2 * total)  # integer arithmetic: below 2**64 - 1
+        prefilter = f"WHERE h <= {threshold}::UBIGINT"
     row_hash = f"hash(epoch(event_time), src_addr, dst_addr, rtt, prb_id, {int(cfg.seed)}::BIGINT)"
     con.execute(
         f"""CREATE TABLE labelled AS
             SELECT event_time, src_addr, dst_addr, ip_version, rtt, prb_id FROM (
                 SELECT *, {row_hash} AS h FROM src
-            ) WHERE h <= {threshold}::UBIGINT
+            ) {prefilter}
             ORDER BY h, event_time, src_addr, dst_addr, rtt
             LIMIT {int(cfg.sample_rows)}"""
     )

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 
 from pingllm_assets.definitions import defs
 from pingllm_assets.evaluation import CHECK_BEATS_GLOBAL
-from pingllm_assets.measurements import splits
+from pingllm_assets.measurements import CHECK_PARSED, splits
+from pingllm_assets.raw import CHECK_DOWNLOADED
 from pingllm_assets.records import probe_records
 from pingllm_assets.resources import PingllmSettings
 from pingllm_assets.train import CHECK_LOSS
@@ -27,7 +28,8 @@ def specs_by_asset() -> dict[str, dict[str, dg.AssetCheckSpec]]:
 
 def test_checks_exist_where_the_graph_needs_them_and_data_and_loss_gates_block():
     specs = specs_by_asset()
-    assert set(specs) == {"splits", "trained_model", "evaluation"}
+    assert set(specs) == {"raw_ping_dumps", "measurements", "splits", "trained_model", "evaluation"}
+    assert set(specs["raw_ping_dumps"]) == {CHECK_DOWNLOADED} and set(specs["measurements"]) == {CHECK_PARSED}
     # Model quality against the global-median baseline warns in the UI but stops nothing.
     assert set(specs["evaluation"]) == {CHECK_BEATS_GLOBAL}
     assert not specs.pop("evaluation")[CHECK_BEATS_GLOBAL].blocking

@@ -18,7 +18,7 @@ import pingllm_core.bz2_lines as bz2_lines
 import pingllm_core.parse as parse_mod
 from pingllm_core.parse import MANIFEST_KEYS, MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ripe-public"
+REAL = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

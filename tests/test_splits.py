@@ -110,3 +110,18 @@ def test_checks_catch_a_probe_in_both_train_and_heldout(split_dirs, tmp_path):
 def test_empty_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no measurement Parquet files match"):
         make_sample_and_splits(str(tmp_path / "nothing" / "*.parquet"), tmp_path / "out", SplitConfig())
+
+
+@pytest.mark.parametrize("share", [2 / 3, 1.0, 1.25])
+def test_a_sample_of_two_thirds_of_the_table_or_more_takes_the_whole_table(tmp_path, share):
+    # From 2/3 of the table on, the hash pre-filter would keep every row: its threshold used to overflow UINT64.
+    glob = _write_measurements(tmp_path / "m", n=3_000)
+    whole = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()[0][0]
+    requested = -(-int(share * 3_000 * 3) // 3)  # ceil, so 2/3 of 3000 is exactly 2000
+    summary = make_sample_and_splits(glob, tmp_path / "out", SplitConfig(sample_rows=requested, seed=1))
+    assert summary.sample_rows == min(requested, whole)
+    if requested >= whole:  # every row of the table, each once
+        sample = duckdb.sql(f"SELECT * FROM '{tmp_path / 'out' / 'sample.parquet'}' ORDER BY ALL").fetchall()
+        table = duckdb.sql(f"SELECT * FROM read_parquet('{glob}') ORDER BY ALL").fetchall()
+        assert sample == table
+    assert sum(s.rows for s in summary.stats.values()) == summary.sample_rows
