@@ -135,7 +135,7 @@ class RttPrediction:
         idx = np.clip(np.searchsorted(edges, self.rtt_ms, side="right") - 1, 0, len(edges) - 2)
         return np.bincount(idx, weights=self.probs, minlength=len(edges) - 1)
 
-    def to_dict(self, with_distribution: bool = True) -> dict:
+    def to_dict(self, with_distribution: bool = False) -> dict:
         """JSON-ready dict: summaries and a coarse histogram; with `with_distribution`, every RTT code's
         probability too (parallel lists of rtt_ms and prob: up to tens of thousands of entries)."""
         out = {
