@@ -242,8 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse already printed its one line (or the help)
         return EXIT_OK if exit_.code == 0 else EXIT_BAD_INPUT
-    if argv is None and args.command not in ("info", "examples"):  # in-process callers keep their JAX config
-        enable_compile_cache()
+    args.compile_cache = argv is None  # the console script; in-process callers keep their own JAX config
     try:
         COMMANDS[args.command](args)
     except FamilyError as err:

@@ -38,11 +38,16 @@ class _Query:
     def context(self):
         if not self.args.context:
             return None
-        from pingllm_core.query import load_context
+        from pingllm_core.query_context import load_context
 
         return load_context(self.args.context)
 
     def engine(self):
+        """The model, loaded once the inputs passed (the compile cache first, for the console script)."""
+        if getattr(self.args, "compile_cache", False):
+            from pingllm_core.cli import enable_compile_cache
+
+            enable_compile_cache()
         from pingllm_core.query import QueryEngine
 
         return QueryEngine.load(self.path)
@@ -57,7 +62,7 @@ class _Query:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """pingllm predict."""
-    from pingllm_core.query import check_families
+    from pingllm_core.query_input import check_families
 
     check_families(args.src, args.dst, args.allow_mixed_family)  # fail fast, before loading the model
     if args.plot is not None:
@@ -86,8 +91,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_rank(args: argparse.Namespace) -> None:
     """pingllm rank."""
-    from pingllm_core.query import address_warnings, parse_ip
-    from pingllm_core.query_input import read_candidates
+    from pingllm_core.query_input import address_warnings, parse_ip, read_candidates
 
     parse_ip(args.src, "source")
     if args.candidates:
@@ -122,7 +126,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
 
 def cmd_destinations(args: argparse.Namespace) -> None:
     """pingllm destinations."""
-    from pingllm_core.query import address_warnings, parse_ip
+    from pingllm_core.query_input import address_warnings, parse_ip
 
     parse_ip(args.src, "source")
     q = _Query(args)
@@ -142,7 +146,7 @@ def cmd_destinations(args: argparse.Namespace) -> None:
 
 def cmd_when(args: argparse.Namespace) -> None:
     """pingllm when."""
-    from pingllm_core.query import address_warnings, check_families
+    from pingllm_core.query_input import address_warnings, check_families
 
     check_families(args.src, args.dst, args.allow_mixed_family)
     need = "`when` needs --context FILE with timestamps (a `time` column): the time is predicted after them"
@@ -165,7 +169,7 @@ def cmd_when(args: argparse.Namespace) -> None:
 
 def cmd_counterpart(args: argparse.Namespace) -> None:
     """pingllm counterpart."""
-    from pingllm_core.query import address_warnings, parse_ip
+    from pingllm_core.query_input import address_warnings, parse_ip
 
     parse_ip(args.src, "source")
     q = _Query(args)
