@@ -52,12 +52,12 @@ class _Query:
 
         return QueryEngine.load(self.path)
 
-    def emit(self, payload: dict, table: str) -> None:
-        """Warnings on stderr, then the JSON object (with `warnings`) or the table on stdout."""
+    def emit(self, payload: dict, text: str) -> None:
+        """Warnings on stderr, then the JSON object (with `warnings`) or the text table on stdout."""
         self.warnings = list(dict.fromkeys(self.warnings))
         for w in self.warnings:
             print(f"pingllm {self.args.command}: warning: {w}", file=sys.stderr)
-        print(json.dumps({**payload, "warnings": self.warnings}) if self.args.json else table)
+        print(json.dumps({**payload, "warnings": self.warnings}) if self.args.json else text)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -103,7 +103,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     cands = read_candidates(text, args.src, args.allow_mixed_family)
     if cands.bad and not args.skip_bad_lines:
         line, problem = cands.bad[0]
-        more = " or --allow-mixed-family to rank it anyway" if cands.other_family else ""
+        more = " or --allow-mixed-family to rank it anyway" if line in cands.other_family else ""
         raise CliError(f"{name} line {line}: {problem}; pass --skip-bad-lines to skip such lines{more}")
     q = _Query(args)
     if cands.bad:

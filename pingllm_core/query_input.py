@@ -181,7 +181,7 @@ class Candidates:
 
     addrs: list[str]  # canonical addresses, in file order (duplicates kept)
     bad: list[tuple[int, str]]  # (line number, problem) of each unusable line
-    other_family: int = 0  # how many of `bad` are well-formed addresses of the other family
+    other_family: list[int] = dataclasses.field(default_factory=list)  # lines of `bad` with the other family
 
 
 def read_candidates(text: str, src: str, allow_mixed_family: bool = False) -> Candidates:
@@ -201,7 +201,7 @@ def read_candidates(text: str, src: str, allow_mixed_family: bool = False) -> Ca
             check_families(src, addr, allow_mixed_family, dst_what="candidate")
         except FamilyError as err:
             out.bad.append((n, str(err)))
-            out.other_family += 1
+            out.other_family.append(n)
         except QueryError as err:
             out.bad.append((n, str(err)))
         else:

@@ -92,6 +92,7 @@ def files(tmp_path_factory, ckpt):
         "nocols.csv": "when,from,to\n1,2,3\n",
         "cands_bad.txt": "8.8.8.8\n# comment\n9.9.9.9\n\n8.8.8.300\n",
         "cands_v6.txt": "8.8.8.8\n2001:4860:4860::8888\n",
+        "cands_both.txt": "8.8.8.8\nnot-an-address\n2001:4860:4860::8888\n",
         "cands_none.txt": "# nothing here\n\n",
         "notckpt/readme.txt": "",
         "nosteps/model_config.json": json.dumps(model_config("tiny").to_dict()),
@@ -177,6 +178,7 @@ BAD_INPUTS = [
     (["rank", SRC, "--candidates", "/nonexistent/cands.txt"], "does not exist"),
     (["rank", SRC, "--candidates", "{f}/cands_bad.txt"], "cands_bad.txt line 5: .*8.8.8.300.*--skip-bad-lines"),
     (["rank", SRC, "--candidates", "{f}/cands_none.txt"], "cands_none.txt holds no usable candidate"),
+    (["rank", SRC, "--candidates", "{f}/cands_both.txt"], "line 2: .*--skip-bad-lines to skip such lines$"),
     # checkpoints
     (["predict", SRC, "8.8.8.8", "--checkpoint", "{f}/notckpt"], "not a pingllm checkpoint folder.*model_config"),
     (["predict", SRC, "8.8.8.8", "--checkpoint", "{f}/nosteps"], "holds no saved training step"),

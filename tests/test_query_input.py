@@ -80,7 +80,7 @@ def test_candidates_report_bad_lines_by_file_line():
     text = "8.8.8.8\n# a comment\n\n9.9.9.9  # quad nine\n8.8.8.300\n2001:db8::1\n10.0.0.0/8\n1.1.1.1\n"
     c = read_candidates(text, SRC)
     assert c.addrs == ["8.8.8.8", "9.9.9.9", "1.1.1.1"]
-    assert [n for n, _ in c.bad] == [5, 6, 7] and c.other_family == 1
+    assert [n for n, _ in c.bad] == [5, 6, 7] and c.other_family == [6]
     assert (
         "not an IPv4 or IPv6" in c.bad[0][1]
         and "one address family" in c.bad[1][1]
