@@ -6,6 +6,7 @@ from pingllm_assets.metadata import flat_numbers, png_markdown
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
 from pingllm_assets.train import TrainAssetConfig, trained_model
+from pingllm_core import model_card
 from pingllm_core.evaluate import EvalConfig, evaluate
 from pingllm_core.query import QueryEngine
 from pingllm_core.tracking_mlflow import MlflowTracker, local_tracking_uri
@@ -57,6 +58,7 @@ def evaluation(
         seed=config.seed,
     )
     result = evaluate(engine, layout.splits, layout.evaluation, cfg, truth=truth, progress=context.log.info)
+    model_card.update(ckpt_dir, "evaluation", model_card.evaluation_section(result.metrics["splits"]))
     run_id_file = ckpt_dir / "mlflow_run_id.txt"
     if run_id_file.exists():  # figures and numbers join the training run in MLflow
         tracker = MlflowTracker.resume(local_tracking_uri(layout.root), run_id_file.read_text().strip())

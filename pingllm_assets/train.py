@@ -9,6 +9,7 @@ from pingllm_assets.metadata import png_markdown
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.records import probe_records
 from pingllm_assets.resources import PingllmSettings
+from pingllm_core import model_card
 from pingllm_core.evaluate import rtt_marginal_loss, unigram_cross_entropy
 from pingllm_core.figures import fig_loss_curve
 from pingllm_core.loader import LoaderConfig, iter_eval_batches, make_train_iter
@@ -83,6 +84,11 @@ def trained_model(
         unigram = unigram_cross_entropy(eval_batches)
         fit = iter_eval_batches(layout.records / "train", loader_cfg, 4 * config.eval_batches)
         marginal_rtt = rtt_marginal_loss(eval_batches, fit)
+        card = model_card.training_section(
+            layout.splits / "train.parquet", tier=config.tier, params=result.n_params, steps=result.step,
+            eval_rtt_loss=result.eval_rtt_loss, marginal_rtt_loss=marginal_rtt,
+        )  # fmt: skip
+        model_card.write(ckpt_dir, {"training": card})  # what `pingllm info` shows; evaluation adds its part
         curve = fig_loss_curve(result.history, ckpt_dir / "loss_curve.png")
         tracker.log_artifact(curve)
         tracker.log_metrics({"unigram_loss": unigram, "marginal_rtt_loss": marginal_rtt}, step=result.step)

@@ -1,42 +1,66 @@
-"""`pingllm`: the query engine on the command line (predict, rank, destinations, when, counterpart).
+"""`pingllm`: the query engine on the command line (predict, rank, destinations, when, counterpart, info,
+examples).
 
-Exit codes: 0 ok, 2 bad input (message on stderr, no traceback), 1 any other error.
+Exit codes: 0 ok, 2 bad input or an unusable checkpoint (one line on stderr, no traceback), 1 an internal
+error (one line; PINGLLM_DEBUG=1 shows the traceback). Warnings go to stderr as `pingllm CMD: warning: ...`
+and into the `warnings` list of `--json` output.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-CHECKPOINT_ENV = "PINGLLM_CHECKPOINT"
+from pingllm_core import cli_commands, cli_info
+from pingllm_core.cli_info import CHECKPOINT_ENV, CliError, default_checkpoint  # noqa: F401 (re-exported)
+
 COMPILE_CACHE_ENV = "PINGLLM_COMPILE_CACHE"  # folder of compiled XLA programs; "" turns the cache off
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+MAX_RESULTS = 100  # -n / -k: beams are twice as many, each holding a KV cache
+CONTEXT_HELP = """\
+context file (--context): your own recent pings, which the model reads before answering. A CSV whose
+first line names the columns, one ping per line (sample: docs/examples/context.csv):
+    time,src,dst,rtt_ms
+    2024-07-02T17:40:00Z,193.0.14.129,8.8.8.8,12.5
+    1719942000,193.0.14.129,9.9.9.9,-1
+  time    unix seconds or ISO 8601 (UTC if no offset), 2000 to 2099; empty = no timestamp
+  src,dst addresses of one family per row
+  rtt_ms  0 to 600000 ms; -1 or empty = the ping failed
+Also accepted: JSON lines with the same keys, RIPE Atlas ping results (one row per packet), .gz/.bz2.
+Lines starting with # and blank lines are skipped; errors name the file line."""
 
 
-class CliError(Exception):
-    """An error worth one line on stderr and exit code `code`."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and negative values (`-5-10`, `-1`, `-inf`) read as values, not options."""
 
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
-        super().__init__(message)
-        self.code = code
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        # argparse's own attribute (3.11-3.13): what looks like a negative number is a positional value.
+        self._negative_number_matcher = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+    def error(self, message: str):  # type: ignore[override]
+        """One line on stderr and exit code 2, instead of the usage block."""
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def default_checkpoint() -> Path:
-    """$PINGLLM_CHECKPOINT, else the newest folder under the data layout's checkpoints/ with a model_config.json."""
-    env = os.environ.get(CHECKPOINT_ENV)
-    if env:
-        return Path(env).expanduser()
-    from pingllm_core.paths import DataLayout
+def _type(fn, *args):
+    """An argparse type from a core validator: its QueryError becomes argparse's one-line error."""
 
-    root = DataLayout.default().checkpoints
-    found = [p.parent for p in root.glob("**/model_config.json")] if root.exists() else []
-    if not found:
-        raise CliError(f"no checkpoint found under {root}; pass --checkpoint DIR or set ${CHECKPOINT_ENV}")
-    return max(found, key=lambda p: ((p / "model_config.json").stat().st_mtime, str(p)))
+    def convert(text: str):
+        from pingllm_core.query_input import QueryError
+
+        try:
+            return fn(text, *args)
+        except QueryError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = fn.__name__
+    return convert
 
 
 def _quantiles(text: str) -> tuple[float, ...]:
@@ -49,217 +73,133 @@ def _quantiles(text: str) -> tuple[float, ...]:
     return levels
 
 
-def _rtt_range(text: str) -> tuple[float, float]:
+def _count(text: str) -> int:
     try:
-        parts = [float(x) for x in text.replace(":", "-").split("-") if x.strip()]
+        n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"RTT must be MS or LO-HI in ms, got {text!r}") from None
-    if len(parts) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"RTT must be MS or LO-HI in ms, got {text!r}")
-    return (parts[0], parts[-1])
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= n <= MAX_RESULTS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_RESULTS}, got {n}")
+    return n
+
+
+def _top(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 1 (leave it out to show every candidate), got {n}"
+        )
+    return n
+
+
+def _rtt(text: str) -> float:
+    from pingllm_core.query_input import check_rtt
+
+    return check_rtt(text, "RTT")
+
+
+def _threshold(text: str) -> float:
+    from pingllm_core.query_input import check_rtt
+
+    value = check_rtt(text, "threshold", failed_ok=False)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"threshold must be above 0 ms, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
-    parser = argparse.ArgumentParser(prog="pingllm", description="Ask a trained pingllm model about RTTs.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--checkpoint", type=Path, help=f"checkpoint folder (default: ${CHECKPOINT_ENV} or newest)"
+    from pingllm_core.query_input import parse_rtt_range
+
+    start = (
+        "Start with `pingllm info` (what the model was trained on, how well it did) and `pingllm examples`."
     )
-    common.add_argument("--context", help="your recent pings: CSV, JSONL or RIPE result lines")
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser = _Parser(prog="pingllm", description="Ask a trained pingllm model about RTTs.",
+                     epilog=f"{start}\n\n{CONTEXT_HELP}")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ckpt = _Parser(add_help=False)
+    ckpt.add_argument("--checkpoint", type=Path, metavar="DIR",
+                      help=f"checkpoint folder (default: ${CHECKPOINT_ENV}, else the newest under var/checkpoints)")  # fmt: skip
+    ckpt.add_argument(
+        "--json", action="store_true", help="print JSON (with a `warnings` list) instead of a table"
+    )
+    common = _Parser(add_help=False, parents=[ckpt])
+    common.add_argument(
+        "--context", metavar="FILE", help="your recent pings (CSV time,src,dst,rtt_ms; see below)"
+    )
+    mixed = _Parser(add_help=False)
+    mixed.add_argument("--allow-mixed-family", action="store_true",
+                       help="answer for addresses of different families (IPv4 and IPv6), which no ping measures")  # fmt: skip
+    src = _Parser(add_help=False)
+    src.add_argument("src", help="source address (the pinging host), IPv4 or IPv6")
 
-    p = sub.add_parser("predict", parents=[common], help="RTT distribution and P(failure) for SRC -> DST")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--time", help="unix seconds or ISO 8601 (UTC if no offset)")
-    p.add_argument("--quantiles", type=_quantiles, default=(0.1, 0.5, 0.9), help="e.g. 0.1,0.5,0.9")
-    p.add_argument("--plot", type=Path, help="write a PNG histogram of the RTT distribution")
+    def command(name: str, help_: str, parents: list) -> argparse.ArgumentParser:
+        epilog = CONTEXT_HELP if common in parents else None
+        return sub.add_parser(name, parents=parents, help=help_, description=help_, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
 
-    p = sub.add_parser("rank", parents=[common], help="rank candidate destinations by predicted RTT")
-    p.add_argument("src")
-    p.add_argument("--candidates", type=Path, help="file with one address per line (default: stdin)")
-    p.add_argument("--time")
-    p.add_argument("--threshold", type=float, help="rank by P(rtt <= THRESHOLD ms) instead of the median")
-    p.add_argument("--top", type=int, default=0, help="show only the best N")
+    p = command("predict", "RTT distribution and P(failure) for a ping from SRC to DST", [common, mixed, src])
+    p.add_argument("dst", help="destination address, of the source's family")
+    p.add_argument("--time", help="when the ping is sent: unix seconds or ISO 8601 (UTC if no offset)")
+    p.add_argument("--quantiles", type=_quantiles, default=(0.1, 0.5, 0.9), metavar="Q,Q,...",
+                   help="RTT quantiles to report, each strictly between 0 and 1 (default 0.1,0.5,0.9)")  # fmt: skip
+    p.add_argument(
+        "--plot", type=Path, metavar="FILE", help="also draw the RTT distribution (.png, .svg or .pdf)"
+    )
+    p.add_argument("--full-distribution", action="store_true",
+                   help="with --json: every RTT code's probability (large), not only the coarse histogram")  # fmt: skip
 
-    p = sub.add_parser("destinations", parents=[common], help="likely destinations for SRC at an RTT")
-    p.add_argument("src")
-    p.add_argument("rtt", type=_rtt_range, help="RTT in ms, or a range LO-HI")
-    p.add_argument("-n", type=int, default=10)
+    p = command("rank", "rank candidate destinations for SRC by predicted RTT", [common, mixed, src])
+    p.add_argument("--candidates", type=Path, metavar="FILE",
+                   help="one address per line, # starts a comment (default: read standard input)")  # fmt: skip
+    p.add_argument("--time", help="when the pings are sent: unix seconds or ISO 8601 (UTC if no offset)")
+    p.add_argument("--threshold", type=_type(_threshold), metavar="MS",
+                   help="rank by P(success and RTT <= MS) instead of the median RTT")  # fmt: skip
+    p.add_argument("--top", type=_top, metavar="N", help="show only the best N (default: all)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip candidate lines that are not addresses of the source's family (with a warning)")  # fmt: skip
 
-    p = sub.add_parser("when", parents=[common], help="likely time of a measurement after a timed context")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("rtt", type=float, help="RTT in ms (-1 = failed)")
-    p.add_argument("-k", type=int, default=5)
+    p = command(
+        "destinations", "likely destinations for SRC at an RTT (in SRC's family)", [common, mixed, src]
+    )
+    p.add_argument("rtt", type=_type(parse_rtt_range), metavar="RTT",
+                   help="RTT in ms (e.g. 20) or a range LO-HI (e.g. 10-30), 0 < LO <= HI <= 600000")  # fmt: skip
+    p.add_argument(
+        "-n", type=_count, default=10, help=f"how many destinations, 1 to {MAX_RESULTS} (default 10)"
+    )
 
-    p = sub.add_parser("counterpart", parents=[common], help="likely IPv6 address of an IPv4 source, or back")
-    p.add_argument("src")
-    p.add_argument("-n", type=int, default=5)
+    p = command(
+        "when", "likely time of a ping SRC -> DST after your timestamped context", [common, mixed, src]
+    )
+    p.add_argument("dst", help="destination address, of the source's family")
+    p.add_argument(
+        "rtt", type=_type(_rtt), metavar="RTT", help="its RTT in ms (0 to 600000), or -1 if it failed"
+    )
+    p.add_argument("-k", type=_count, default=5, help=f"how many times, 1 to {MAX_RESULTS} (default 5)")
+
+    p = command(
+        "counterpart", "likely IPv6 address of the probe behind an IPv4 source, or back", [common, src]
+    )
+    p.add_argument("-n", type=_count, default=5, help=f"how many addresses, 1 to {MAX_RESULTS} (default 5)")
+
+    command("info", "what the checkpoint was trained on and how well it did (its model card)", [ckpt])
+    p = command("examples", "address pairs from the training data, to ask about", [ckpt])
+    p.add_argument("-n", type=_count, default=10, help=f"how many pairs, 1 to {MAX_RESULTS} (default 10)")
+    p.add_argument("--family", choices=("4", "6"), help="only IPv4 or only IPv6 pairs")
     return parser
 
 
-def _engine(args: argparse.Namespace):
-    from pingllm_core.query import QueryEngine
-
-    path = args.checkpoint or default_checkpoint()
-    if not path.is_dir():
-        raise CliError(f"checkpoint folder {str(path)!r} does not exist")
-    return QueryEngine.load(path)
-
-
-def _context(args: argparse.Namespace):
-    if not args.context:
-        return None
-    from pingllm_core.query import load_context
-
-    return load_context(args.context)
-
-
-def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    cells = [[str(c) for c in header]] + [
-        [f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows
-    ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
-
-
-def _plot(pred, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rtt, probs = pred.rtt_ms, pred.probs
-    lo, hi = max(rtt.min(), 1e-3), max(rtt.max(), rtt.min() * 1.01 + 1e-3)
-    bins = np.geomspace(lo, hi, 60)  # log bins: RTT codes are log-spaced
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(np.clip(rtt, lo, hi), bins=bins, weights=probs, color="tab:blue")
-    ax.set_xscale("log")
-    ax.axvline(pred.median, color="k", ls="--", label=f"median {pred.median:.3g} ms")
-    ax.set_xlabel("RTT (ms)")
-    ax.set_ylabel("P(RTT | success)")
-    ax.set_title(f"{pred.src} -> {pred.dst}   P(fail) = {pred.p_fail:.3f}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _warn(warnings: Sequence[str]) -> None:
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-
-
-def cmd_predict(args: argparse.Namespace) -> None:
-    """pingllm predict."""
-    from pingllm_core.query import parse_ip, parse_time
-
-    parse_ip(args.src, "source"), parse_ip(args.dst, "destination")  # fail fast, before loading the model
-    if args.time is not None:
-        parse_time(args.time)
-    ctx = _context(args)
-    engine = _engine(args)
-    pred = engine.predict(args.src, args.dst, time=args.time, context=ctx, quantiles=args.quantiles)
-    _warn(pred.warnings)
-    if args.plot:
-        _plot(pred, args.plot)
-    if args.json:
-        print(json.dumps(pred.to_dict()))
-        return
-    rows = [("p_fail", pred.p_fail), ("median_ms", pred.median)]
-    rows += [(f"{k}_ms", v) for k, v in pred.quantiles.items()] + [("mean_ms", pred.mean)]
-    print(f"{pred.src} -> {pred.dst}" + (f" at {pred.time}" if pred.time is not None else ""))
-    print(_table(rows, ("quantity", "value")))
-
-
-def cmd_rank(args: argparse.Namespace) -> None:
-    """pingllm rank."""
-    from tqdm import tqdm
-
-    if args.candidates:
-        if not args.candidates.is_file():
-            raise CliError(f"candidates file {str(args.candidates)!r} does not exist")
-        text = args.candidates.read_text()
-    else:
-        text = sys.stdin.read()
-    cands = [line.split("#")[0].strip() for line in text.splitlines()]
-    cands = [c for c in cands if c]
-    from pingllm_core.query import parse_ip
-
-    for i, c in enumerate([args.src, *cands]):
-        parse_ip(c, "source" if i == 0 else f"candidate {i}")
-    ctx = _context(args)
-    engine = _engine(args)
-    by = "p_below" if args.threshold is not None else "median"
-    with tqdm(
-        total=len(cands), desc="ranking", unit="dst", file=sys.stderr, disable=len(cands) < 1000
-    ) as bar:
-
-        def progress(msg: str) -> None:
-            done = int(msg.split()[1].split("/")[0])
-            bar.update(max(0, done - bar.n))
-
-        ranked = engine.rank(args.src, cands, time=args.time, context=ctx, by=by, threshold_ms=args.threshold,
-                             progress=progress)  # fmt: skip
-    if args.top:
-        ranked = ranked[: args.top]
-    if args.json:
-        print(
-            json.dumps(
-                [{"dst": r.dst, "score": r.score, "median_ms": r.median, "p_fail": r.p_fail} for r in ranked]
-            )
-        )
-        return
-    score = f"P(rtt<={args.threshold:g}ms)" if by == "p_below" else "score"
-    rows = [(i + 1, r.dst, r.score, r.median, r.p_fail) for i, r in enumerate(ranked)]
-    print(_table(rows, ("rank", "dst", score, "median_ms", "p_fail")))
-
-
-def cmd_destinations(args: argparse.Namespace) -> None:
-    """pingllm destinations."""
-    ctx = _context(args)
-    found = _engine(args).likely_destinations(args.src, args.rtt, args.n, context=ctx)
-    if args.json:
-        print(json.dumps([{"dst": f.addr, "prob": f.prob} for f in found]))
-        return
-    print(_table([(f.addr, f.prob) for f in found], ("dst", "prob")))
-
-
-def cmd_when(args: argparse.Namespace) -> None:
-    """pingllm when."""
-    if not args.context:
-        raise CliError("`when` needs --context FILE with timestamps (the time is predicted as a delta)")
-    ctx = _context(args)
-    found = _engine(args).likely_timestamp(args.src, args.dst, args.rtt, ctx, args.k)
-    if args.json:
-        print(json.dumps([{"time": f.time, "delta_s": f.delta_s, "prob": f.prob} for f in found]))
-        return
-    import datetime as dt
-
-    rows = [(f.time, dt.datetime.fromtimestamp(f.time, dt.UTC).isoformat(), f.delta_s, f.prob) for f in found]
-    print(_table(rows, ("time", "utc", "delta_s", "prob")))
-
-
-def cmd_counterpart(args: argparse.Namespace) -> None:
-    """pingllm counterpart."""
-    ctx = _context(args)
-    found = _engine(args).counterpart(args.src, context=ctx, n=args.n)
-    if args.json:
-        print(json.dumps([{"addr": f.addr, "prob": f.prob} for f in found]))
-        return
-    print(_table([(f.addr, f.prob) for f in found], ("addr", "prob")))
-
-
 COMMANDS = {
-    "predict": cmd_predict,
-    "rank": cmd_rank,
-    "destinations": cmd_destinations,
-    "when": cmd_when,
-    "counterpart": cmd_counterpart,
+    "predict": cli_commands.cmd_predict,
+    "rank": cli_commands.cmd_rank,
+    "destinations": cli_commands.cmd_destinations,
+    "when": cli_commands.cmd_when,
+    "counterpart": cli_commands.cmd_counterpart,
+    "info": cli_info.cmd_info,
+    "examples": cli_info.cmd_examples,
 }
 
 
@@ -296,26 +236,31 @@ def enable_compile_cache() -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pingllm` console script; returns the exit code."""
-    from pingllm_core.query import QueryError
-
-    if argv is None:  # the console script; in-process callers (tests, notebooks) keep their own JAX config
-        enable_compile_cache()
+    from pingllm_core.query_input import FamilyError, QueryError
 
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # argparse already printed usage and the message
+    except SystemExit as exit_:  # argparse already printed its one line (or the help)
         return EXIT_OK if exit_.code == 0 else EXIT_BAD_INPUT
+    args.compile_cache = argv is None  # the console script; in-process callers keep their own JAX config
     try:
         COMMANDS[args.command](args)
+    except FamilyError as err:
+        hint = "" if args.command == "rank" else " (pass --allow-mixed-family to ask anyway)"
+        print(f"pingllm {args.command}: {err}{hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (QueryError, CliError) as err:
         print(f"pingllm {args.command}: {err}", file=sys.stderr)
         return getattr(err, "code", EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         return EXIT_ERROR
-    except Exception as err:  # anything else is our bug or the environment's: say so without a wall of text
-        print(f"pingllm {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+    except Exception as err:  # our bug or the environment's: one line, the traceback only on request
         if os.environ.get("PINGLLM_DEBUG"):
             raise
+        first = (str(err).strip().splitlines() or ["no details"])[0][:300]
+        print(
+            f"pingllm {args.command}: internal error: {first} (PINGLLM_DEBUG=1 shows where)", file=sys.stderr
+        )
         return EXIT_ERROR
     return EXIT_OK
 

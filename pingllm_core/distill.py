@@ -391,7 +391,8 @@ def tier_table(
     for row, ms in zip(out, lat, strict=True):
         row["predict_p50_ms"] = ms
     if rank_candidates > 0:
-        lat = _p50_ms_interleaved([lambda e=e: e.rank(src0, cands, time=t0, context=ctx0) for e in engines],
+        kw = {"time": t0, "context": ctx0, "allow_mixed_family": True}  # latency only: every candidate ranked
+        lat = _p50_ms_interleaved([lambda e=e: e.rank(src0, cands, **kw) for e in engines],
                                   rank_repeats)  # fmt: skip
         for row, ms in zip(out, lat, strict=True):
             row["rank_p50_ms"] = ms

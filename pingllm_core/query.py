@@ -6,7 +6,7 @@ result is read from the model. Every distribution is the model's softmax restric
 grammar (`tokens.GrammarState`) allows at that position and to the field asked for, renormalised.
 The shared prefix is run once into a KV cache; branches (byte-2 given byte-1, candidates) reuse it. Jitted
 decoding lives in `query_decode.py`, ranking many candidates over a trie of their address bytes in
-`query_rank.py`.
+`query_rank.py`, the result types in `query_result.py` and the input rules in `query_input.py`.
 """
 
 from __future__ import annotations
@@ -27,112 +27,43 @@ from pingllm_core.query_context import (  # noqa: F401  (re-exported: the query 
     FIELD_ORDER,
     NO_TIME,
     Prompt,
-    QueryError,
     as_measurements,
     build_prompt,
     concat,
-    is_public,
     load_context,
     make_measurements,
-    parse_ip,
-    parse_time,
     take,
 )
 from pingllm_core.query_decode import decoder, extend_jit, split_blocks
+from pingllm_core.query_input import (  # noqa: F401  (re-exported)
+    MAX_RTT_MS,
+    FamilyError,
+    QueryError,
+    address_warnings,
+    check_families,
+    is_public,
+    parse_ip,
+    parse_time,
+)
 from pingllm_core.query_rank import RankStats, bucket, rank_family
+from pingllm_core.query_result import (  # noqa: F401  (re-exported)
+    _ALL_RTT_MS,
+    _BUCKET_HI,
+    _BUCKET_LO,
+    _BUCKET_LOWEST,
+    _CODE_RANK,
+    _EPS,
+    _PLAUSIBLE,
+    DEFAULT_QUANTILES,
+    HISTOGRAM_EDGES_MS,
+    RankedDestination,
+    RttPrediction,
+    discrete_quantile,
+    quantile_key,
+)
 
 MIN_BRANCH_PROB = 1e-4  # byte-1 values below this mass are not expanded (their mass is dropped, renormalised)
-DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 _CHUNK = 512  # rows per batched decode call (bounds the KV-cache copy: rows x layers x cache x width)
-_EPS = 1e-9  # tolerance on cumulative probabilities when locating a quantile
-_ALL_RTT_MS = T.decode_rtt_code(np.arange(65536))  # value of every RTT code, ms
-_BUCKET_LO = _ALL_RTT_MS.reshape(256, 256).min(axis=1)  # value range of each byte-1 (high byte) bucket
-_BUCKET_HI = _ALL_RTT_MS.reshape(256, 256).max(axis=1)
-_BUCKET_LOWEST = np.argmin(_ALL_RTT_MS.reshape(256, 256), axis=1)  # low byte of each bucket's lowest value
-_CODE_RANK = np.empty(65536, np.int64)  # position of each code when sorted by RTT value, then code
-_CODE_RANK[np.lexsort((np.arange(65536), _ALL_RTT_MS))] = np.arange(65536)
-MAX_RTT_MS = 600_000.0  # the parser rejects longer RTTs (SPEC section 1): no training row ever had one
-# Byte-1 buckets that can hold a plausible RTT; the rest are outside the data's support and get no mass.
-_PLAUSIBLE = np.concatenate([np.ones(T.BYTE0, bool), _BUCKET_LO <= MAX_RTT_MS])
-
-
-def quantile_key(q: float) -> str:
-    """Name of a quantile level: 0.1 -> 'p10', 0.999 -> 'p99.9'."""
-    return f"p{q * 100:g}"
-
-
-def discrete_quantile(values: np.ndarray, probs: np.ndarray, q: float) -> float:
-    """Smallest value whose cumulative probability reaches q (values sorted ascending, probs sum to 1)."""
-    idx = int(np.searchsorted(np.cumsum(probs), q - _EPS, side="left"))
-    return float(values[min(idx, len(values) - 1)])
-
-
-@dataclasses.dataclass(frozen=True)
-class RttPrediction:
-    """Predicted outcome of one ping: P(failure) and the RTT distribution given success."""
-
-    src: str
-    dst: str
-    time: int | None  # unix s of the query, None when asked without a time
-    p_fail: float  # P(<Failed>) / (P(<Failed>) + P(<RttStart>)) at the result position
-    codes: np.ndarray  # uint16[k]: RTT codes with mass, sorted by RTT
-    probs: np.ndarray  # float64[k]: P(code | success); sums to 1
-    quantile_levels: tuple[float, ...] = DEFAULT_QUANTILES
-    warnings: tuple[str, ...] = ()
-    context_used: int = 0  # context measurements in the prompt
-    context_dropped: int = 0  # oldest context measurements dropped to fit max_len
-
-    @property
-    def rtt_ms(self) -> np.ndarray:
-        """RTT of each code, ms."""
-        return T.decode_rtt_code(self.codes)
-
-    def quantile(self, q: float) -> float:
-        """RTT quantile given success, ms."""
-        return discrete_quantile(self.rtt_ms, self.probs, q)
-
-    @property
-    def median(self) -> float:
-        """The point prediction: median RTT given success, ms."""
-        return self.quantile(0.5)
-
-    @property
-    def quantiles(self) -> dict[str, float]:
-        """Quantiles at `quantile_levels`, ms, keyed 'p10', 'p50', ..."""
-        return {quantile_key(q): self.quantile(q) for q in self.quantile_levels}
-
-    @property
-    def mean(self) -> float:
-        """Mean RTT given success, ms."""
-        return float(np.dot(self.rtt_ms, self.probs))
-
-    def to_dict(self, with_distribution: bool = True) -> dict:
-        """JSON-ready dict (the distribution as parallel lists of rtt_ms and prob)."""
-        out = {
-            "src": self.src,
-            "dst": self.dst,
-            "time": self.time,
-            "p_fail": self.p_fail,
-            "median_ms": self.median,
-            "mean_ms": self.mean,
-            "quantiles_ms": self.quantiles,
-            "context_used": self.context_used,
-            "context_dropped": self.context_dropped,
-            "warnings": list(self.warnings),
-        }
-        if with_distribution:
-            out["distribution"] = {"rtt_ms": self.rtt_ms.tolist(), "prob": self.probs.tolist()}
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class RankedDestination:
-    """One ranked candidate: lower median (or higher P(rtt <= threshold)) ranks first."""
-
-    dst: str
-    score: float  # median ms for by="median"; P(success and rtt <= threshold) for by="p_below"
-    median: float  # median RTT given success, ms
-    p_fail: float
 
 
 def _restricted(logp_BxV: np.ndarray, allowed_V: np.ndarray) -> np.ndarray:
@@ -162,20 +93,35 @@ class QueryEngine:
         self._bgraph, self._blocks = split_blocks(self.model)  # block weights stacked once, for lax.scan
         self._dec = decoder(self._graphdef, self._bgraph)  # jitted functions, shared by same-shape engines
         self.last_rank_stats = RankStats()  # work done by the latest `rank` call (benchmarks, tests)
+        self.card: dict = {}  # the checkpoint's model card (`model_card.py`), set by `load`
 
     def _extend(self, state, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax.Array, KVCache]:
         return extend_jit(self._graphdef, state, cache, rows_B, tokens_BxT)
 
     @classmethod
     def load(cls, ckpt_dir: str | Path, compute_dtype: str = "float32") -> QueryEngine:
-        """Load the newest checkpoint in `ckpt_dir` (offline)."""
+        """Load the newest checkpoint in `ckpt_dir` (offline); `card` holds its model card ({} if none).
+
+        A folder that is not a usable checkpoint raises QueryError with one line saying why.
+        """
+        from pingllm_core import model_card
         from pingllm_core.train import load_checkpoint  # heavy imports only when loading from disk
 
         path = Path(ckpt_dir)
-        if not (path / "model_config.json").exists():
-            raise QueryError(f"{str(path)!r} is not a checkpoint folder (no model_config.json)")
-        model, cfg, _ = load_checkpoint(path)
-        return cls(model, cfg, compute_dtype=compute_dtype)
+        problem = model_card.checkpoint_problem(path)
+        if problem:
+            raise QueryError(problem)
+        try:
+            model, cfg, _ = load_checkpoint(path)
+        except Exception as err:  # orbax/JSON/config errors: one line, not a traceback
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise QueryError(f"checkpoint {str(path)!r} cannot be restored: {first}") from err
+        engine = cls(model, cfg, compute_dtype=compute_dtype)
+        try:
+            engine.card = model_card.read(path)
+        except model_card.ModelCardError:
+            engine.card = {}
+        return engine
 
     # ---- KV-cache primitives -------------------------------------------------------------------------------
     def prefill(self, prompt_L: np.ndarray, extra: int) -> tuple[np.ndarray, KVCache]:
@@ -262,8 +208,7 @@ class QueryEngine:
         """The query measurement (placeholder failed result), whether it is timed, and input warnings."""
         s, _ = parse_ip(src, "source")
         d, _ = parse_ip(dst, "destination")
-        warnings = [f"{a} is not a public address; the model was trained on public addresses only"
-                    for a in dict.fromkeys((s, d)) if not is_public(a)]  # fmt: skip
+        warnings = address_warnings((s, d))
         t = None if time is None else parse_time(time)
         return make_measurements([NO_TIME if t is None else t], [s], [d], [-1.0]), t is not None, warnings
 
@@ -347,12 +292,17 @@ class QueryEngine:
 
     # ---- public queries ------------------------------------------------------------------------------------
     def predict(
-        self, src: str, dst: str, time=None, context=None, quantiles: Sequence[float] = DEFAULT_QUANTILES
-    ) -> RttPrediction:
-        """RTT distribution and P(failure) for one (src, dst[, time]) with optional context measurements."""
+        self, src: str, dst: str, time=None, context=None, quantiles: Sequence[float] = DEFAULT_QUANTILES,
+        allow_mixed_family: bool = False,
+    ) -> RttPrediction:  # fmt: skip
+        """RTT distribution and P(failure) for one (src, dst[, time]) with optional context measurements.
+
+        A source and destination of different families raise FamilyError unless `allow_mixed_family`.
+        """
         levels = tuple(float(q) for q in quantiles)
         if not levels or any(not 0.0 < q < 1.0 for q in levels):
             raise QueryError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
+        check_families(src, dst, allow_mixed_family)
         query, has_time, warnings = self._query(src, dst, time)
         prompt = self.build_prompt(query, has_time, as_measurements(context), reserve=3)
         # One call for the prompt and <RttStart>: log-probs of the Result field and of the RTT high byte.
@@ -372,6 +322,7 @@ class QueryEngine:
     def rank(
         self, src: str, candidates: Sequence[str], time=None, context=None, by: str = "median",
         threshold_ms: float | None = None, progress: Callable[[str], None] | None = None,
+        allow_mixed_family: bool = False,
     ) -> list[RankedDestination]:  # fmt: skip
         """Rank candidate destinations for a source: per address family one shared prefix (context, source)
         in a KV cache, then the candidates as a trie of address bytes (`query_rank.rank_family`); each result
@@ -379,6 +330,7 @@ class QueryEngine:
 
         by="median": ascending median RTT; by="p_below": descending P(success and rtt <= threshold_ms).
         Ties are broken by the address text, so the order is deterministic. Duplicates are ranked once.
+        Candidates of another family than the source raise FamilyError unless `allow_mixed_family`.
         """
         if by not in ("median", "p_below"):
             raise QueryError(f"rank by must be 'median' or 'p_below', got {by!r}")
@@ -387,6 +339,11 @@ class QueryEngine:
         cands = sorted({parse_ip(c, "candidate")[0] for c in candidates})
         if not cands:
             raise QueryError("no candidate destinations given")
+        src_v6 = parse_ip(src, "source")[1]
+        other = [c for c in cands if parse_ip(c)[1] != src_v6]
+        if other and not allow_mixed_family:
+            raise FamilyError(f"{len(other)} candidate(s) are of another family than the source {src} (first: "
+                              f"{other[0]}): a ping stays in one address family")  # fmt: skip
         ctx = as_measurements(context)
         addr, v6 = T.ip_to_bytes(cands)
         targets = [("q", 0.5)] + ([("t", float(threshold_ms))] if by == "p_below" else [])
@@ -416,20 +373,29 @@ class QueryEngine:
         return sorted(results, key=lambda r: (sign * r.score, r.dst))
 
     # ---- inverse queries (query_inverse.py) ----------------------------------------------------------------
-    def likely_destinations(self, src: str, rtt_ms_range, n: int = 10, context=None) -> list:
-        """Most likely destinations for a source and an RTT (or range); see query_inverse."""
+    def likely_destinations(
+        self, src: str, rtt_ms_range, n: int = 10, context=None, allow_mixed_family: bool = False
+    ) -> list:
+        """Most likely public destinations for a source and an RTT (or range), in the source's family unless
+        `allow_mixed_family`; see query_inverse."""
         from pingllm_core import query_inverse
 
-        return query_inverse.likely_destinations(self, src, rtt_ms_range, n, context)
+        return query_inverse.likely_destinations(
+            self, src, rtt_ms_range, n, context, allow_mixed_family=allow_mixed_family
+        )
 
-    def likely_timestamp(self, src: str, dst: str, rtt_ms: float, context, k: int = 5) -> list:
+    def likely_timestamp(
+        self, src: str, dst: str, rtt_ms: float, context, k: int = 5, allow_mixed_family: bool = False
+    ) -> list:
         """Top-k times of a measurement after a timestamped context; see query_inverse."""
         from pingllm_core import query_inverse
 
-        return query_inverse.likely_timestamp(self, src, dst, rtt_ms, context, k)
+        return query_inverse.likely_timestamp(
+            self, src, dst, rtt_ms, context, k, allow_mixed_family=allow_mixed_family
+        )
 
     def counterpart(self, src: str, context=None, n: int = 5) -> list:
-        """Likely address of the same probe in the other family; see query_inverse."""
+        """Likely public address of the same probe in the other family; see query_inverse."""
         from pingllm_core import query_inverse
 
         return query_inverse.counterpart(self, src, context, n)

@@ -1,7 +1,8 @@
-"""User input for queries: addresses, times and context files (CSV, JSONL, raw RIPE result lines).
+"""Context files (CSV, JSONL, raw RIPE result lines) and prompt building for queries.
 
-Every problem with user input raises `QueryError` (a ValueError) with a message a person can act on.
-Context measurements travel as `tokens.Measurements`; a time of `NO_TIME` (-1) means "no timestamp".
+Every problem with a context file raises `QueryError` naming the file and line. Context measurements travel
+as `tokens.Measurements`; a time of `NO_TIME` (-1) means "no timestamp". The format is documented, with a
+sample, in docs/examples/context.csv.
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ from __future__ import annotations
 import bz2
 import csv
 import dataclasses
-import datetime as dt
 import gzip
-import io
-import ipaddress
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,74 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from pingllm_core import tokens
+from pingllm_core.query_input import (  # noqa: F401  (re-exported: older imports of these names)
+    FamilyError,
+    QueryError,
+    check_families,
+    check_rtt,
+    check_time_range,
+    family_or_none,
+    is_public,
+    parse_ip,
+    parse_time,
+    public_or_none,
+)
 
 NO_TIME = -1  # sentinel in Measurements.time: this context row has no timestamp (unix seconds are >= 0)
+CONTEXT_HEADER = "time,src,dst,rtt_ms"  # the context CSV's columns (docs/examples/context.csv)
 FIELD_ORDER = (tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME, tokens.FIELD_RESULT)  # of prompt rows
 _MAX_MEASUREMENT_TOKENS = 47  # IPv6 src and dst, <TimestampAbs>, RTT: 1 + 17 + 17 + 9 + 3
-
-
-class QueryError(ValueError):
-    """Bad user input to a query (address, time, context file); the message is meant for people."""
-
-
-def parse_ip(text: str, what: str = "address") -> tuple[str, bool]:
-    """Validate one address; returns (canonical text, is_v6).
-
-    A CIDR prefix, a zone id or an IPv4-mapped IPv6 address (``::ffff:1.2.3.4``) is rejected: each address
-    field of the token language holds exactly one family and one host, and a mapped address would silently
-    change family, so we ask for the plain IPv4 form instead.
-    """
-    raw = str(text).strip()
-    if "/" in raw:
-        raise QueryError(f"{what} {raw!r} is a prefix (CIDR); give a single host address")
-    if "%" in raw:
-        raise QueryError(f"{what} {raw!r} has a zone id; give a global address without %scope")
-    try:
-        addr = ipaddress.ip_address(raw)
-    except ValueError:
-        raise QueryError(f"{what} {raw!r} is not an IPv4 or IPv6 address") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        raise QueryError(
-            f"{what} {raw!r} is an IPv4-mapped IPv6 address (mixed families); use {addr.ipv4_mapped} instead"
-        )
-    return str(addr), addr.version == 6
-
-
-def is_public(text: str) -> bool:
-    """True for a global unicast address (the only kind the model was trained on)."""
-    addr = ipaddress.ip_address(text)
-    return addr.is_global and not addr.is_multicast
-
-
-def _public_or_none(text: str) -> str | None:
-    try:
-        return text if is_public(text) else None
-    except ValueError:
-        return None
-
-
-def parse_time(value: object) -> int:
-    """Unix seconds (int) from an int/float, a digit string, an ISO 8601 string or a datetime (naive = UTC)."""
-    if isinstance(value, bool):
-        raise QueryError(f"time {value!r} is not a time")
-    if isinstance(value, int | float | np.integer | np.floating):
-        if not np.isfinite(value) or value < 0:
-            raise QueryError(f"time {value!r} must be non-negative unix seconds")
-        return int(value)
-    if isinstance(value, dt.datetime):
-        stamp = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return int(stamp.timestamp())
-    text = str(value).strip()
-    try:
-        return parse_time(float(text))
-    except ValueError:
-        pass
-    try:
-        return parse_time(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        raise QueryError(
-            f"time {text!r} is neither unix seconds nor ISO 8601 (e.g. 2024-05-01T12:00:00Z)"
-        ) from None
 
 
 def make_measurements(
@@ -111,16 +58,13 @@ def make_measurements(
 
 
 def _rtt_value(value: object, where: str) -> float:
-    """RTT in ms from a cell; empty, None or negative means failed (-1.0)."""
+    """RTT in ms from a cell; empty, None, "*" or -1 means failed (-1.0); anything else must be 0..MAX_RTT_MS."""
     if value is None or (isinstance(value, str) and value.strip() in ("", "*")):
         return -1.0
     try:
-        rtt = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise QueryError(f"{where}: rtt_ms {value!r} is not a number") from None
-    if not np.isfinite(rtt) or rtt < 0:
-        return -1.0
-    return rtt
+        return check_rtt(value.strip() if isinstance(value, str) else value, "rtt_ms")
+    except QueryError as err:
+        raise QueryError(f"{where}: {err}") from None
 
 
 class _Rows:
@@ -138,7 +82,8 @@ class _Rows:
         try:
             s, _ = parse_ip(str(src), "src")
             d, _ = parse_ip(str(dst), "dst")
-            t = NO_TIME if time in (None, "") else parse_time(time)
+            check_families(s, d, dst_what="dst")
+            t = NO_TIME if time in (None, "") else check_time_range(parse_time(time))
         except QueryError as err:
             raise QueryError(f"{where}: {err}") from None
         self.times.append(t)
@@ -150,10 +95,12 @@ class _Rows:
 def _ripe_result(rows: _Rows, obj: dict, where: str) -> None:
     """One RIPE ping result: one row per packet; source = `from`, else `src_addr`, whichever is a public
     address (SPEC section 1 source rule)."""
-    src = next((a for a in (obj.get("from"), obj.get("src_addr")) if a and _public_or_none(str(a))), None)
     dst = obj.get("dst_addr") or obj.get("addr")
-    if not src or not dst:
-        return  # results without a usable source or destination give no row, as in the parser
+    dst_v6 = family_or_none(str(dst)) if dst else None
+    src = next((a for a in (obj.get("from"), obj.get("src_addr"))
+                if a and public_or_none(str(a)) and family_or_none(str(a)) == dst_v6), None)  # fmt: skip
+    if not src or dst_v6 is None:
+        return  # results without a public source of the destination's family give no row, as in the parser
     time = obj.get("timestamp")
     packets = obj.get("result")
     if not isinstance(packets, list) or not packets:
@@ -166,24 +113,67 @@ def _ripe_result(rows: _Rows, obj: dict, where: str) -> None:
         rows.add(where, time, src, dst, _rtt_value(packet.get("rtt"), where))
 
 
-def _json_objects(text: str) -> Iterable[tuple[str, dict]]:
+def _json_objects(text: str, name: str) -> Iterable[tuple[str, dict]]:
     """JSON lines, or one JSON array of objects, with line numbers for messages."""
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError as err:
-            raise QueryError(f"context is not valid JSON: {err}") from None
+            raise QueryError(f"{name} line {err.lineno}: not valid JSON ({err.msg})") from None
         for i, obj in enumerate(data):
-            yield f"item {i}", obj
+            yield f"{name} item {i}", obj
         return
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            yield f"line {i}", json.loads(line)
+            yield f"{name} line {i}", json.loads(line)
         except json.JSONDecodeError as err:
-            raise QueryError(f"line {i}: not valid JSON ({err.msg})") from None
+            raise QueryError(f"{name} line {i}: not valid JSON ({err.msg})") from None
+
+
+def _csv_rows(rows: _Rows, text: str, name: str) -> None:
+    """A context CSV: a header naming the columns (`time,src,dst,rtt_ms`; `timestamp` and `rtt` are accepted
+    too, extra columns ignored), then one ping per line; blank lines and lines starting with `#` are skipped."""
+    lines = ["" if line.lstrip().startswith("#") else line for line in text.splitlines()]
+    reader = csv.reader(lines)
+    header: list[str] | None = None
+    try:
+        for cells in reader:
+            n = reader.line_num
+            if not any(c.strip() for c in cells):
+                continue
+            if header is None:
+                header = _csv_header(cells, name, n)
+                continue
+            if len(cells) > len(header):
+                raise QueryError(f"{name} line {n}: {len(cells)} fields but the header has {len(header)}")
+            row = dict(zip(header, (c.strip() for c in cells), strict=False))
+            where = f"{name} line {n}"
+            time = row.get("time", row.get("timestamp"))
+            rtt = _rtt_value(row.get("rtt_ms", row.get("rtt")), where)
+            rows.add(where, time, row.get("src"), row.get("dst"), rtt)
+    except csv.Error as err:
+        raise QueryError(f"{name} line {reader.line_num}: not valid CSV ({err})") from None
+    if header is None:
+        raise QueryError(f"{name} is empty; a context CSV starts with the header {CONTEXT_HEADER}")
+
+
+def _csv_header(cells: list[str], name: str, n: int) -> list[str]:
+    """The column names of a context CSV's first line, or a QueryError saying what is wrong with it."""
+    header = [c.strip().lower() for c in cells]
+    expected = f"expected the header {CONTEXT_HEADER} (see docs/examples/context.csv)"
+    if len(cells) == 1:
+        sep = next((c for c in ";\t|" if c in cells[0]), None)
+        if sep:
+            raise QueryError(
+                f"{name} line {n}: columns must be separated by commas, found {sep!r}; {expected}"
+            )
+    missing = [c for c in ("src", "dst") if c not in header]
+    if missing:
+        raise QueryError(f"{name} line {n}: the header lacks column(s) {', '.join(missing)}; {expected}")
+    return header
 
 
 def _read_text(path: Path) -> str:
@@ -200,17 +190,21 @@ def _read_text(path: Path) -> str:
 def load_context(path: str | Path) -> tokens.Measurements:
     """Read the user's recent pings (CSV, JSONL or raw RIPE result lines; .bz2/.gz ok), sorted by time.
 
-    CSV/JSONL keys: `time` or `timestamp` (unix s or ISO 8601; empty = no timestamp), `src`, `dst`, `rtt_ms`
-    (-1 or empty = failed). RIPE results (objects with a `result` list or `type` "ping") give one row per packet.
-    Rows without a timestamp come first (they are encoded untimed), then timestamped rows in time order.
+    CSV/JSONL keys: `time` or `timestamp` (unix s or ISO 8601, 2000 to 2099; empty = no timestamp), `src`,
+    `dst` (one family per row), `rtt_ms` (0 to 600000; -1 or empty = failed). RIPE results (objects with a
+    `result` list or `type` "ping") give one row per packet. Rows without a timestamp come first (they are
+    encoded untimed), then timestamped rows in time order. Errors name the file and line.
     """
     path = Path(path)
     if path.is_dir():
         raise QueryError(f"context file {str(path)!r} is a folder")
     text = _read_text(path)
+    name = path.name
     rows = _Rows()
+    if not text.strip():
+        raise QueryError(f"{name} is empty; a context CSV starts with the header {CONTEXT_HEADER}")
     if text.lstrip()[:1] in ("{", "["):
-        for where, obj in _json_objects(text):
+        for where, obj in _json_objects(text, name):
             if not isinstance(obj, dict):
                 raise QueryError(f"{where}: expected a JSON object")
             if "result" in obj or obj.get("type") == "ping":
@@ -220,24 +214,7 @@ def load_context(path: str | Path) -> tokens.Measurements:
                 rtt = _rtt_value(obj.get("rtt_ms", obj.get("rtt")), where)
                 rows.add(where, time, obj.get("src"), obj.get("dst"), rtt)
     else:
-        reader = csv.DictReader(io.StringIO(text))
-        fields = {f.strip() for f in reader.fieldnames or []}
-        missing = {"src", "dst"} - fields
-        if missing:
-            raise QueryError(
-                f"context CSV {str(path)!r} lacks column(s) {sorted(missing)}; need src, dst, rtt_ms"
-            )
-        for i, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): v for k, v in row.items()}
-            where = f"line {i}"
-            time = row.get("time", row.get("timestamp"))
-            rows.add(
-                where,
-                time,
-                row.get("src"),
-                row.get("dst"),
-                _rtt_value(row.get("rtt_ms", row.get("rtt")), where),
-            )
+        _csv_rows(rows, text, name)
     if not rows.times:
         raise QueryError(f"context file {str(path)!r} holds no measurements")
     m = make_measurements(rows.times, rows.srcs, rows.dsts, rows.rtts)

@@ -19,15 +19,19 @@ from pingllm_core.query import (
     QueryError,
     _restricted,
     as_measurements,
+    check_families,
+    is_public,
     make_measurements,
     parse_ip,
 )
+from pingllm_core.query_input import MAX_RTT_MS, check_rtt
 
 # Byte tokens after each field marker (SPEC section 4).
 FIELD_BYTES = {
     T.SRC_IPV4: 4, T.SRC_IPV6: 16, T.DST_IPV4: 4, T.DST_IPV6: 16, T.TIMESTAMP_ABS: 8,
     T.TIMESTAMP_DELTA1: 1, T.TIMESTAMP_DELTA4: 4, T.RTT_START: 2, T.FAILED: 0,
 }  # fmt: skip
+MAX_WIDTH = 512  # widest beam `_public` widens to (rows of the batched decode, each with its KV cache)
 _ORDER_DST_LAST = (T.FIELD_SRC, T.FIELD_RESULT, T.FIELD_TIME, T.FIELD_DST)
 _ORDER_TIME_LAST = (T.FIELD_SRC, T.FIELD_DST, T.FIELD_RESULT, T.FIELD_TIME)
 
@@ -119,6 +123,26 @@ def _address(field_tokens: list[int]) -> str:
     return T.bytes_to_ip(addr, np.array([nbytes == 16]))[0]
 
 
+def _public(
+    engine: QueryEngine, prompt_L: np.ndarray, markers, n: int, width: int, marker: int | None = None
+) -> list[LikelyAddress]:
+    """The `n` most likely generated addresses that are public (never `::`, `0.0.0.0`, private or multicast:
+    the model was trained on public addresses only), by `beam_field`; `marker` prefixes fields generated
+    without one. When fewer than `n` of the finished beams are public, the beam is widened (twice, x2 each,
+    at most MAX_WIDTH), so a model that favours such addresses still answers; otherwise nothing changes."""
+    widths = [width or max(2 * n, 8)]
+    widths += [min(widths[0] * 2, MAX_WIDTH), min(widths[0] * 4, MAX_WIDTH)]
+    out: list[LikelyAddress] = []
+    for w in dict.fromkeys(widths):  # distinct widths, narrowest first
+        found = beam_field(engine, prompt_L, markers, w, max(n, w))
+        out = [LikelyAddress(_address(toks if marker is None else [marker, *toks]), float(np.exp(lp)))
+               for toks, lp in found]  # fmt: skip
+        out = [a for a in out if is_public(a.addr)]
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
 def likely_destinations(
     engine: QueryEngine,
     src: str,
@@ -126,39 +150,51 @@ def likely_destinations(
     n: int = 10,
     context=None,
     width: int = 0,
+    allow_mixed_family: bool = False,
 ) -> list[LikelyAddress]:
-    """Most likely destinations for a source and an RTT (prompt: context, `<MS> Src Result`, then Dst).
+    """Most likely public destinations for a source and an RTT (prompt: context, `<MS> Src Result`, then Dst).
 
-    A range (lo, hi) is asked at its geometric midpoint, a single RTT code in the prompt.
+    A range (lo, hi) is asked at its geometric midpoint, a single RTT code in the prompt. Destinations are of
+    the source's family (the probability is then P(address | family)) unless `allow_mixed_family`.
     """
     lo, hi = (rtt_ms_range, rtt_ms_range) if np.isscalar(rtt_ms_range) else rtt_ms_range  # type: ignore[misc]
-    if not 0 < float(lo) <= float(hi):
-        raise QueryError(f"RTT range must be positive and ordered, got {rtt_ms_range}")
+    if not 0 < check_rtt(lo, "RTT", failed_ok=False) <= check_rtt(hi, "RTT", failed_ok=False):
+        raise QueryError(f"RTT range must be above 0 and ordered (0 < LO <= HI <= {MAX_RTT_MS:.0f}), got "
+                         f"{rtt_ms_range}")  # fmt: skip
+    if n < 1:
+        raise QueryError(f"the number of destinations must be at least 1, got {n}")
     rtt = float(np.sqrt(float(lo) * float(hi)))
-    s, _ = parse_ip(src, "source")
+    s, v6 = parse_ip(src, "source")
     query = make_measurements([NO_TIME], [s], ["0.0.0.0"], [rtt])  # placeholder IPv4 dst: 5 tokens, cut off
     prompt = engine.build_prompt(
         query, False, as_measurements(context), reserve=17, order=_ORDER_DST_LAST, cut=5
     )
-    found = beam_field(engine, prompt.tokens, (T.DST_IPV4, T.DST_IPV6), width or max(2 * n, 8), n)
-    return [LikelyAddress(_address(toks), float(np.exp(lp))) for toks, lp in found]
+    markers = (T.DST_IPV4, T.DST_IPV6) if allow_mixed_family else ((T.DST_IPV6,) if v6 else (T.DST_IPV4,))
+    return _public(engine, prompt.tokens, markers, n, width)
 
 
 def likely_timestamp(
-    engine: QueryEngine, src: str, dst: str, rtt_ms: float, context, k: int = 5, width: int = 0
-) -> list[LikelyTime]:
-    """Top-k times for a (src, dst, rtt) measurement, as deltas after a timestamped context (time last)."""
+    engine: QueryEngine, src: str, dst: str, rtt_ms: float, context, k: int = 5, width: int = 0,
+    allow_mixed_family: bool = False,
+) -> list[LikelyTime]:  # fmt: skip
+    """Top-k times for a (src, dst, rtt) measurement, as deltas after a timestamped context (time last).
+
+    `rtt_ms`: 0 to MAX_RTT_MS, or -1 (or None) for a failed ping.
+    """
+    if k < 1:
+        raise QueryError(f"the number of times must be at least 1, got {k}")
+    rtt = -1.0 if rtt_ms is None else check_rtt(rtt_ms, "RTT")
+    check_families(src, dst, allow_mixed_family)
     ctx = as_measurements(context)
     if ctx is None or not (ctx.time != NO_TIME).any():
         raise QueryError(
-            "likely_timestamp needs a context with timestamps (the time is predicted as a delta)"
+            "asking for a time needs context measurements with timestamps (a `time` column): the time is "
+            "predicted as a delta after the last one"
         )
     s, _ = parse_ip(src, "source")
     d, _ = parse_ip(dst, "destination")
     last = int(ctx.time[ctx.time != NO_TIME].max())
-    query = make_measurements(
-        [last], [s], [d], [float(rtt_ms) if rtt_ms is not None and rtt_ms >= 0 else -1.0]
-    )
+    query = make_measurements([last], [s], [d], [rtt])
     # Placeholder time = the last context time: a 1-byte delta of 0 (2 tokens), cut off.
     prompt = engine.build_prompt(query, True, ctx, reserve=5, order=_ORDER_TIME_LAST, cut=2)
     found = beam_field(
@@ -183,13 +219,15 @@ def _greedy_measurement(engine: QueryEngine, prompt_L: np.ndarray) -> np.ndarray
 def counterpart(
     engine: QueryEngine, src: str, context=None, n: int = 5, width: int = 0
 ) -> list[LikelyAddress]:
-    """Likely address of the same probe in the other family (IPv4 -> IPv6 and back).
+    """Likely public address of the same probe in the other family (IPv4 -> IPv6 and back; never `::`).
 
     Prompt: the context measurements (or, without a context row from `src`, one measurement
     `<MS> Src Dst Result` whose Dst and Result the model completes greedily), then `<MS> <SrcIPv6>`
     (or `<SrcIPv4>`) and a beam search over the address bytes. Training rows group a probe's IPv4 and IPv6
     measurements in one context, which is what makes this learnable.
     """
+    if n < 1:
+        raise QueryError(f"the number of addresses must be at least 1, got {n}")
     s, v6 = parse_ip(src, "source")
     ctx = as_measurements(context)
     own = make_measurements([NO_TIME], [s], ["0.0.0.0"], [-1.0])
@@ -204,8 +242,7 @@ def counterpart(
         prompt_L = _greedy_measurement(engine, prompt.tokens[:cut_at])
     marker = T.SRC_IPV4 if v6 else T.SRC_IPV6
     prompt_L = np.concatenate([prompt_L, np.array([T.MEASUREMENT_START, marker], np.int32)])
-    found = beam_field(engine, prompt_L, None, width or max(2 * n, 8), n)
-    return [LikelyAddress(_address([marker, *toks]), float(np.exp(lp))) for toks, lp in found]
+    return _public(engine, prompt_L, None, n, width, marker)
 
 
 def sample_tokens(
