@@ -83,7 +83,13 @@ def trained_model(
         unigram = unigram_cross_entropy(eval_batches)
         fit = iter_eval_batches(layout.records / "train", loader_cfg, 4 * config.eval_batches)
         marginal_rtt = rtt_marginal_loss(eval_batches, fit)
-        curve = fig_loss_curve(result.history, ckpt_dir / "loss_curve.png")
+        curve = fig_loss_curve(
+            result.history,
+            ckpt_dir / "loss_curve.png",
+            eval_history=result.eval_history,
+            rtt_history=result.rtt_history,
+            references={"unigram (held-out)": unigram, "global RTT distribution": marginal_rtt},
+        )
         tracker.log_artifact(curve)
         tracker.log_metrics({"unigram_loss": unigram, "marginal_rtt_loss": marginal_rtt}, step=result.step)
         (ckpt_dir / "mlflow_run_id.txt").write_text(tracker.run_id)
