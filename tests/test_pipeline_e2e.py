@@ -58,7 +58,7 @@ def materialized(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     home = root / "dagster_home"
     home.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(Path(__file__).parents[1] / "dagster_instance.yaml", home / "dagster.yaml")
     env = {**os.environ, **_env(root, home)}
     dagster = Path(sys.executable).parent / "dagster"
     cmd = [str(dagster), "asset", "materialize", "-m", "pingllm_assets.definitions", "--select", "*",
