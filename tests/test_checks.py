@@ -10,9 +10,10 @@ from pingllm_assets.definitions import defs
 from pingllm_assets.evaluation import CHECK_BEATS_GLOBAL
 from pingllm_assets.measurements import splits
 from pingllm_assets.records import probe_records
-from pingllm_assets.resources import PingllmSettings
+from pingllm_assets.resources import resources_for
 from pingllm_assets.train import CHECK_LOSS
 from pingllm_core.parse import MEASUREMENT_SCHEMA
+from pingllm_core.settings import ProjectSettings
 from pingllm_core.splits import CHECK_NAMES
 
 
@@ -28,7 +29,7 @@ def specs_by_asset() -> dict[str, dict[str, dg.AssetCheckSpec]]:
 def test_checks_exist_where_the_graph_needs_them_and_data_and_loss_gates_block():
     specs = specs_by_asset()
     assert set(specs) == {"splits", "trained_model", "evaluation"}
-    # Model quality against the global-median baseline warns in the UI but stops nothing.
+    # Model quality against the global-median baseline shows in the UI but stops nothing.
     assert set(specs["evaluation"]) == {CHECK_BEATS_GLOBAL}
     assert not specs.pop("evaluation")[CHECK_BEATS_GLOBAL].blocking
     assert set(specs["splits"]) == set(CHECK_NAMES)
@@ -71,7 +72,7 @@ def test_failing_blocking_check_on_real_splits_stops_probe_records(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         [splits, probe_records],
-        resources={"pingllm": PingllmSettings(data_root=str(tmp_path))},
+        resources=resources_for(ProjectSettings(data_root=tmp_path)),
         run_config={"ops": {"splits": {"config": {"heldout_probe_share": 0.0}}}},
         raise_on_error=False,
         instance=instance,
