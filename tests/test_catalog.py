@@ -95,7 +95,10 @@ def test_evaluation_metrics_keep_one_set_per_run_and_latest_shows_the_newest(tmp
     assert catalog.record_evaluation(con, metrics, "run-a", "ckpt/tiny", evaluated_at=first) == 8
     later = first + dt.timedelta(hours=1)
     catalog.record_evaluation(con, metrics, "run-b", "ckpt/tiny", evaluated_at=later)
-    assert con.execute("SELECT count(DISTINCT run_id), count(*) FROM evaluation_metrics").fetchone() == (2, 16)
+    assert con.execute("SELECT count(DISTINCT run_id), count(*) FROM evaluation_metrics").fetchone() == (
+        2,
+        16,
+    )
     assert con.execute("SELECT DISTINCT run_id FROM evaluation_latest").fetchall() == [("run-b",)]
     rows = con.execute(
         "SELECT method, value FROM evaluation_latest WHERE split = 'heldout_probes' AND metric = 'rel_p50' "

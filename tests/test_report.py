@@ -42,7 +42,12 @@ def png(path):
 
 def test_comparison_puts_the_model_first_and_the_oracle_last_rounded_with_nan_as_none():
     rows = comparison_rows(METRICS)
-    assert [r["method"] for r in rows] == ["model", "global_median", "prefix_pair_median", "ground_truth_median"]
+    assert [r["method"] for r in rows] == [
+        "model",
+        "global_median",
+        "prefix_pair_median",
+        "ground_truth_median",
+    ]
     assert rows[0] == {"method": "model", "heldout_probes": 0.123, "future": None}
     assert rows[-1] == {"method": "ground_truth_median", "heldout_probes": 0.012, "future": None}
 
