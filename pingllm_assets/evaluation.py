@@ -129,8 +129,9 @@ def _track(layout: DataLayout, ckpt_dir: Path, result: EvalResult, rows: list[di
     tracker = MlflowTracker.resume(local_tracking_uri(layout.root), run_id_file.read_text().strip())
     headline = {}
     for split, numbers in result.metrics["splits"].items():
-        headline[f"eval_{split}_{HEADLINE}_model"] = numbers["model"][HEADLINE]
-        headline[f"eval_{split}_{HEADLINE}_best_baseline"] = best_baseline(numbers)[1]
+        # Unprefixed names keep them in MLflow's one chart section; sorted after the loss curves.
+        headline[f"{HEADLINE}_{split}_model"] = numbers["model"][HEADLINE]
+        headline[f"{HEADLINE}_{split}_best_baseline"] = best_baseline(numbers)[1]
     tracker.log_metrics({k: v for k, v in headline.items() if math.isfinite(v)}, step=0)
     # MLflow appends to a table logged again under the same name: each evaluation's rows carry its run id.
     table = [{"dagster_run": run_id[:8], **r} for r in rows]

@@ -88,7 +88,10 @@ def trained_model(
             ckpt_dir / "loss_curve.png",
             eval_history=result.eval_history,
             rtt_history=result.rtt_history,
-            references={"unigram (held-out)": unigram, "global RTT distribution": marginal_rtt},
+            references={
+                "bar for held-out loss: unigram model": unigram,
+                "bar for held-out RTT loss: one RTT distribution": marginal_rtt,
+            },
         )
         tracker.log_artifact(curve)
         tracker.log_metrics({"unigram_loss": unigram, "marginal_rtt_loss": marginal_rtt}, step=result.step)
