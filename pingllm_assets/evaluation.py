@@ -73,7 +73,11 @@ def evaluation(
     mlflow_run_id = _track(layout, ckpt_dir, result, rows, context.run_id)
     with catalog.get_connection() as con:  # the catalog's `evaluation_metrics` table, one set per run
         catalog_rows = catalog_lib.record_evaluation(con, result.metrics, context.run_id, str(ckpt_dir))
-    meta: dict = {SUMMARY: comparison_table(rows), "figures": png_markdown(result.figures)}
+    meta: dict = {
+        SUMMARY: comparison_table(rows),
+        "figures": png_markdown(result.figures),
+        "report": dg.MetadataValue.md(result.report.read_text()),  # the table, figures and every number
+    }
     for split, numbers in result.metrics["splits"].items():  # the headline numbers, plotted across runs
         for who, value in (
             ("model", numbers["model"][HEADLINE]),
@@ -81,7 +85,6 @@ def evaluation(
         ):
             if math.isfinite(value):
                 meta[f"{who} {HEADLINE} on {split}"] = rounded(value)
-    meta["report"] = dg.MetadataValue.md(result.report.read_text())
     meta["report_path"] = dg.MetadataValue.path(str(result.report))
     meta["catalog_rows"] = catalog_rows  # SELECT * FROM evaluation_metrics WHERE run_id = '<this run>'
     meta["mlflow_run_id"] = mlflow_run_id
