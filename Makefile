@@ -8,6 +8,12 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 # The demo window: the synthetic internet's default days (settings.py); a range runs in one Dagster run.
 DEMO_RANGE ?= 2024-07-01...2024-07-02
+# Where the UIs listen: `make dev PORT=3300`, `make mlflow-ui PORT=5050 HOST=0.0.0.0`.
+HOST ?= 127.0.0.1
+dev: PORT ?= 3000
+mlflow-ui: PORT ?= 5000
+# The data root as the project settings see it (the PINGLLM_CONFIG file, PINGLLM_DATA_ROOT, else var/).
+DATA_ROOT = $(shell $(BIN)/python -c 'from pingllm_core.settings import load_settings; print(load_settings().data_root)')
 
 .PHONY: install browser demo test dev mlflow-ui lint clean
 
@@ -19,7 +25,7 @@ $(BIN)/activate: pyproject.toml
 
 install: $(BIN)/activate
 	mkdir -p $(DAGSTER_HOME)
-	ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	ln -sf $(CURDIR)/dagster_instance.yaml $(DAGSTER_HOME)/dagster.yaml
 
 # Headless Chromium for the browser test of the Dagster UI (Playwright drives Debian's package; no browser
 # download). Idempotent: installs only when /usr/bin/chromium is missing (CI runs as root).
@@ -27,18 +33,20 @@ browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 demo: install
-	$(BIN)/dagster asset materialize -m pingllm_assets.definitions --select '*' --partition-range $(DEMO_RANGE)
-	@echo "Done. Outputs under var/; run history: make dev (http://127.0.0.1:3000)"
+	$(BIN)/dg launch --assets '*' --partition-range $(DEMO_RANGE)
+	@echo "Done. Outputs under var/, the DuckDB catalog in var/pingllm.duckdb; run history: make dev"
 
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 dev: install
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	$(BIN)/dg dev --host $(HOST) --port $(PORT)
 
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db -h 127.0.0.1 -p 5000
+	@$(BIN)/python -c 'from pingllm_core.tracking_mlflow import experiment_ui_url as url; \
+		print("MLflow UI, experiment pingllm:", url("$(DATA_ROOT)", "$(HOST)", $(PORT)))'
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(DATA_ROOT)/mlflow/mlflow.db -h $(HOST) -p $(PORT)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

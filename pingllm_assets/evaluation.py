@@ -1,19 +1,27 @@
 """Stage 5: evaluation of the trained model against baselines: metrics, figures, report, MLflow."""
 
-import dagster as dg
+import math
+from pathlib import Path
 
-from pingllm_assets.metadata import flat_numbers, png_markdown
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from pingllm_assets.metadata import png_markdown, rounded
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
 from pingllm_assets.train import TrainAssetConfig, trained_model
+from pingllm_core import catalog as catalog_lib
 from pingllm_core import model_card
-from pingllm_core.evaluate import EvalConfig, evaluate
+from pingllm_core.evaluate import EvalConfig, EvalResult, evaluate
+from pingllm_core.paths import DataLayout
 from pingllm_core.query import QueryEngine
+from pingllm_core.report import HEADLINE, best_baseline, comparison_rows
 from pingllm_core.tracking_mlflow import MlflowTracker, local_tracking_uri
 
-# Model sanity beyond the loss gate: a WARN (non-blocking) check, so a weak model is visible in the UI
-# without stopping anything downstream.
+# Model quality beyond the loss gate: an ERROR-severity check, so a model that loses to the global median shows
+# as failed in the catalog and the lineage view; not blocking, nothing downstream waits on it.
 CHECK_BEATS_GLOBAL = "model_beats_global_median"
+SUMMARY = "median relative error (lower is better)"  # the table the asset page leads with
 
 
 class EvalAssetConfig(dg.Config):
@@ -30,17 +38,21 @@ class EvalAssetConfig(dg.Config):
     deps=[trained_model],
     backfill_policy=SINGLE_RUN,
     group_name="model",
-    kinds={"matplotlib", "mlflow"},
+    kinds={"matplotlib", "mlflow", "duckdb"},
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_BEATS_GLOBAL,
             asset="evaluation",
             description="held-out median relative error of the model below the global-median baseline's",
+            blocking=False,
         )
     ],
 )
 def evaluation(
-    context: dg.AssetExecutionContext, config: EvalAssetConfig, pingllm: PingllmSettings
+    context: dg.AssetExecutionContext,
+    config: EvalAssetConfig,
+    pingllm: PingllmSettings,
+    catalog: DuckDBResource,
 ) -> dg.MaterializeResult:
     """Model vs baselines on held-out probes and future unseen pairs: metrics, the study's figures, a report."""
     layout = pingllm.layout
@@ -59,28 +71,26 @@ def evaluation(
     )
     result = evaluate(engine, layout.splits, layout.evaluation, cfg, truth=truth, progress=context.log.info)
     model_card.update(ckpt_dir, "evaluation", model_card.evaluation_section(result.metrics["splits"]))
-    run_id_file = ckpt_dir / "mlflow_run_id.txt"
-    if run_id_file.exists():  # figures and numbers join the training run in MLflow
-        tracker = MlflowTracker.resume(local_tracking_uri(layout.root), run_id_file.read_text().strip())
-        tracker.log_metrics(flat_numbers("eval", result.metrics["splits"]), step=0)
-        for path in [*result.figures, result.report, layout.evaluation / "metrics.json"]:
-            tracker.log_artifact(path, artifact_path="evaluation")
-        tracker.finish()
-    meta = flat_numbers("", result.metrics["splits"])
-    meta = {k: v for k, v in meta.items() if "/model/" in k or "/ground_truth" in k or k.count("/") == 1}
-    meta.update(
-        flat_numbers(
-            "",
-            {
-                k: result.metrics.get(k, {})
-                for k in ("timestamp_logp", "pair_kl", "live_kl", "mode_accuracy", "mode_nll")
-            },
-        )
-    )
-    meta["figures"] = png_markdown(result.figures)
-    meta["report"] = dg.MetadataValue.md(result.report.read_text())
+    rows = comparison_rows(result.metrics)
+    mlflow_run_id = _track(layout, ckpt_dir, result, rows, context.run_id)
+    with catalog.get_connection() as con:  # the catalog's `evaluation_metrics` table, one set per run
+        catalog_rows = catalog_lib.record_evaluation(con, result.metrics, context.run_id, str(ckpt_dir))
+    meta: dict = {
+        SUMMARY: comparison_table(rows),
+        "figures": png_markdown(result.figures),
+        "report": dg.MetadataValue.md(result.report.read_text()),  # the table, figures and every number
+    }
+    for split, numbers in result.metrics["splits"].items():  # the headline numbers, plotted across runs
+        for who, value in (
+            ("model", numbers["model"][HEADLINE]),
+            ("best baseline", best_baseline(numbers)[1]),
+        ):
+            if math.isfinite(value):
+                meta[f"{who} {HEADLINE} on {split}"] = rounded(value)
     meta["report_path"] = dg.MetadataValue.path(str(result.report))
-    meta["seconds"] = result.seconds
+    meta["catalog_rows"] = catalog_rows  # SELECT * FROM evaluation_metrics WHERE run_id = '<this run>'
+    meta["mlflow_run_id"] = mlflow_run_id
+    meta["seconds"] = rounded(result.seconds)
     held = result.metrics["splits"].get("heldout_probes", {})
     model_err = held.get("model", {}).get("rel_p50", float("nan"))
     global_err = held.get("global_median", {}).get("rel_p50", float("nan"))
@@ -88,7 +98,7 @@ def evaluation(
     check = dg.AssetCheckResult(
         check_name=CHECK_BEATS_GLOBAL,
         passed=beats,
-        severity=dg.AssetCheckSeverity.WARN,
+        severity=dg.AssetCheckSeverity.ERROR,
         metadata={"model_rel_p50": float(model_err), "global_median_rel_p50": float(global_err)},
         description=None
         if beats
@@ -98,3 +108,40 @@ def evaluation(
         ),
     )
     return dg.MaterializeResult(metadata=meta, check_results=[check])
+
+
+def comparison_table(rows: list[dict]) -> dg.TableMetadataValue:
+    """The model against each baseline per split, as a table the asset page shows inline."""
+    splits = [k for k in rows[0] if k != "method"] if rows else []
+    # Names with spaces wrap, so the table fits beside the key and timestamp columns of the asset page.
+    label = {k: k.replace("_", " ") for k in ["method", *splits]}
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(label["method"], "string")]
+        + [dg.TableColumn(label[s], "float", description=f"median relative error on {s}") for s in splits]
+    )
+    records = [
+        dg.TableRecord({label[k]: (str(v).replace("_", " ") if k == "method" else v) for k, v in r.items()})
+        for r in rows
+    ]
+    return dg.MetadataValue.table(records, schema=schema)
+
+
+def _track(layout: DataLayout, ckpt_dir: Path, result: EvalResult, rows: list[dict], run_id: str) -> str:
+    """Add the evaluation to the checkpoint's MLflow run: headline numbers, one comparison table, figures."""
+    run_id_file = ckpt_dir / "mlflow_run_id.txt"
+    if not run_id_file.exists():
+        return ""
+    tracker = MlflowTracker.resume(local_tracking_uri(layout.root), run_id_file.read_text().strip())
+    headline = {}
+    for split, numbers in result.metrics["splits"].items():
+        # Unprefixed names keep them in MLflow's one chart section; sorted after the loss curves.
+        headline[f"{HEADLINE}_{split}_model"] = numbers["model"][HEADLINE]
+        headline[f"{HEADLINE}_{split}_best_baseline"] = best_baseline(numbers)[1]
+    tracker.log_metrics({k: v for k, v in headline.items() if math.isfinite(v)}, step=0)
+    # MLflow appends to a table logged again under the same name: each evaluation's rows carry its run id.
+    table = [{"dagster_run": run_id[:8], **r} for r in rows]
+    tracker.log_table(table, artifact_file="evaluation/comparison.json")
+    for path in [*result.figures, result.report, layout.evaluation / "metrics.json"]:
+        tracker.log_artifact(path, artifact_path="evaluation")
+    tracker.finish()
+    return tracker.run_id

@@ -6,16 +6,20 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
-from pingllm_assets.metadata import flat_numbers
+from pingllm_assets.metadata import MEASUREMENT_COLUMNS, flat_numbers
 from pingllm_assets.partitions import DAILY, SINGLE_RUN
 from pingllm_assets.raw import day_status, hour_ranges, raw_ping_dumps
 from pingllm_assets.resources import PingllmSettings
+from pingllm_core import catalog as catalog_lib
 from pingllm_core.download import DownloadReport, read_day_report
 from pingllm_core.parse import ParseConfig, ParseSummary, parse_files
-from pingllm_core.splits import CHECK_NAMES, SplitConfig, check_splits, make_sample, make_splits
+from pingllm_core.splits import CHECK_NAMES, SPLITS, SplitConfig, check_splits, make_sample, make_splits
 
 CHECK_PARSED = "every_file_parsed"  # blocking: a file that could not be parsed stops the sample and splits
+# Column schemas in the definitions, so the catalog's Columns tab shows them before the first materialization.
+COLUMNS = {"dagster/column_schema": MEASUREMENT_COLUMNS}
 
 
 class ParseAssetConfig(dg.Config):
@@ -80,7 +84,8 @@ def _day_metadata(summary: ParseSummary, files: int, report: DownloadReport | No
     backfill_policy=SINGLE_RUN,
     deps=[raw_ping_dumps],
     group_name="data",
-    kinds={"parquet"},
+    kinds={"parquet", "duckdb"},
+    metadata=COLUMNS,
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_PARSED,
@@ -91,7 +96,10 @@ def _day_metadata(summary: ParseSummary, files: int, report: DownloadReport | No
     ],
 )
 def measurements(
-    context: dg.AssetExecutionContext, config: ParseAssetConfig, pingllm: PingllmSettings
+    context: dg.AssetExecutionContext,
+    config: ParseAssetConfig,
+    pingllm: PingllmSettings,
+    catalog: DuckDBResource,
 ) -> dg.MaterializeResult:
     """One row per ping packet (SPEC schema); each day replaces its own Parquet slice, empty for a day that the
     server does not have."""
@@ -127,8 +135,14 @@ def measurements(
             )
     for error in failed.values():
         context.log.error(f"could not parse {error}")
+    with catalog.get_connection() as con:  # the catalog's `measurements` view and `parse_rejects` table
+        table_rows = catalog_lib.register_measurements(con, layout.measurements)
+        rejected = catalog_lib.load_rejects(con, layout.rejects)
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": rows,  # rows this run wrote (a range: all its days)
+            "table_rows": table_rows,  # every parsed day so far: the catalog view `measurements`
+            "rejected_lines": rejected,
             "days": len(days),
             "run_rows": rows,
             "run_rows_per_s": round(rows / seconds, 1) if seconds > 0 else 0.0,
@@ -147,16 +161,31 @@ def measurements(
     )
 
 
-@dg.asset(deps=[measurements], backfill_policy=SINGLE_RUN, group_name="data", kinds={"duckdb", "parquet"})
+@dg.asset(
+    deps=[measurements],
+    backfill_policy=SINGLE_RUN,
+    group_name="data",
+    kinds={"duckdb", "parquet"},
+    metadata=COLUMNS,
+)
 def measurement_sample(
-    context: dg.AssetExecutionContext, config: SampleAssetConfig, pingllm: PingllmSettings
+    context: dg.AssetExecutionContext,
+    config: SampleAssetConfig,
+    pingllm: PingllmSettings,
+    catalog: DuckDBResource,
 ) -> dg.MaterializeResult:
     """A reproducible uniform sample of N measurements over every parsed day (DuckDB)."""
     layout = pingllm.layout
     stats = make_sample(str(layout.measurements / "*" / "*.parquet"), layout.splits, config.to_core())
     context.log.info(f"sampled {stats.rows} rows")
+    with catalog.get_connection() as con:
+        catalog_lib.register_splits(con, layout.splits, ["sample"])
     return dg.MaterializeResult(
-        metadata={**flat_numbers("", stats.__dict__), "path": dg.MetadataValue.path(str(layout.splits))}
+        metadata={
+            "dagster/row_count": stats.rows,
+            **flat_numbers("", stats.__dict__),
+            "path": dg.MetadataValue.path(str(layout.splits / "sample.parquet")),
+        }
     )
 
 
@@ -165,10 +194,14 @@ def measurement_sample(
     backfill_policy=SINGLE_RUN,
     group_name="data",
     kinds={"duckdb", "parquet"},
+    metadata=COLUMNS,
     check_specs=[dg.AssetCheckSpec(name, asset="splits", blocking=True) for name in CHECK_NAMES],
 )
 def splits(
-    context: dg.AssetExecutionContext, config: SampleAssetConfig, pingllm: PingllmSettings
+    context: dg.AssetExecutionContext,
+    config: SampleAssetConfig,
+    pingllm: PingllmSettings,
+    catalog: DuckDBResource,
 ) -> dg.MaterializeResult:
     """train / heldout_probes / future splits of the sample (SPEC section 2), with data-quality checks."""
     layout = pingllm.layout
@@ -177,7 +210,10 @@ def splits(
     failed = [c for c in checks if not c.passed]
     for c in failed:
         context.log.error(f"check {c.name} failed: {c.detail}")
-    meta = flat_numbers("", {k: v.__dict__ for k, v in summary.stats.items()})
+    with catalog.get_connection() as con:  # views `train`, `heldout_probes`, `future` in the catalog
+        catalog_lib.register_splits(con, layout.splits, SPLITS)
+    meta: dict = {"dagster/row_count": sum(summary.stats[name].rows for name in SPLITS)}  # all three files
+    meta.update(flat_numbers("", {k: v.__dict__ for k, v in summary.stats.items()}))
     meta.update(
         cutoff=summary.cutoff or "",
         heldout_probes=summary.heldout_probes,

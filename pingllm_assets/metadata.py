@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
+
+from pingllm_core.parse import MEASUREMENT_SCHEMA
 
 
 def dir_bytes(path: Path) -> int:
@@ -39,3 +42,31 @@ def flat_numbers(prefix: str, values: Mapping[str, Any]) -> dict[str, float | in
         elif isinstance(value, int | float) and value == value:  # drop NaN: the UI cannot plot it
             out[name] = value
     return out
+
+
+def rounded(value: float, digits: int = 4) -> float:
+    """A float to `digits` significant digits, so the UI shows 0.1235 rather than 0.12345678901."""
+    if value != value or value in (float("inf"), float("-inf")) or value == 0:
+        return float(value)
+    return float(f"{value:.{digits}g}")
+
+
+def table_schema(schema: pa.Schema, descriptions: Mapping[str, str]) -> dg.TableSchema:
+    """A Dagster column schema (the catalog's Columns tab) from an Arrow schema and a description per column."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(f.name, str(f.type), description=descriptions.get(f.name)) for f in schema]
+    )
+
+
+# SPEC section 1: the measurement table, which the sample and every split share.
+MEASUREMENT_COLUMNS = table_schema(
+    MEASUREMENT_SCHEMA,
+    {
+        "event_time": "when the probe sent the ping (the result's timestamp, UTC seconds)",
+        "src_addr": "public source address of the probe (`from`, else a global `src_addr`)",
+        "dst_addr": "destination address",
+        "ip_version": "4 or 6",
+        "rtt": "round-trip time of one packet in ms; -1.0 = failed (timeout or error)",
+        "prb_id": "RIPE Atlas probe id: a grouping key only, never a model input",
+    },
+)

@@ -24,12 +24,13 @@ def probe_records(
     """Each split grouped by probe, sorted by time, written as sharded ArrayRecord rows with an index."""
     layout = pingllm.layout
     cfg = RecordsConfig(max_row_bytes=config.max_row_bytes, shards=config.shards)
-    meta: dict = {}
+    meta: dict = {"dagster/row_count": 0}  # probe rows over every split (each split's index.parquet)
     for name in SPLITS:
         summary = write_probe_records(
             layout.splits / f"{name}.parquet", layout.records / name, cfg, context.log.info
         )
         context.log.info(f"{name}: {summary.rows} rows, {summary.measurements} measurements")
+        meta["dagster/row_count"] += summary.rows
         meta.update(flat_numbers(name, summary.__dict__))
     meta["path"] = dg.MetadataValue.path(str(layout.records))
     return dg.MaterializeResult(metadata=meta)

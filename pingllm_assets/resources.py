@@ -1,8 +1,9 @@
-"""The one resource every asset shares: project settings (data root, source, days)."""
+"""The resources every asset shares, built from one `ProjectSettings`: the settings and the DuckDB catalog."""
 
 from pathlib import Path
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from pingllm_core.paths import DataLayout
 from pingllm_core.settings import ProjectSettings, load_settings
@@ -15,11 +16,24 @@ class PingllmSettings(dg.ConfigurableResource):
 
     data_root: str = str(_DEFAULTS.data_root)
     source: str = _DEFAULTS.source
-    start_day: str = _DEFAULTS.start_day
+    start_day: str = _DEFAULTS.start_day  # the daily partitions are built from the same settings (build_defs)
     end_day: str = _DEFAULTS.end_day
     ripe_base_url: str = _DEFAULTS.ripe_base_url
     synth_seed: int = _DEFAULTS.synth_seed
     synth_probes: int = _DEFAULTS.synth_probes
+
+    @classmethod
+    def from_settings(cls, settings: ProjectSettings) -> "PingllmSettings":
+        """The resource holding exactly `settings`."""
+        return cls(
+            data_root=str(settings.data_root),
+            source=settings.source,
+            start_day=settings.start_day,
+            end_day=settings.end_day,
+            ripe_base_url=settings.ripe_base_url,
+            synth_seed=settings.synth_seed,
+            synth_probes=settings.synth_probes,
+        )
 
     def settings(self) -> ProjectSettings:
         """The frozen core settings."""
@@ -39,5 +53,15 @@ class PingllmSettings(dg.ConfigurableResource):
 
 
 def default_settings() -> ProjectSettings:
-    """Settings in force when the definitions were loaded (partitions are built from these)."""
+    """Settings in force when the definitions were loaded."""
     return _DEFAULTS
+
+
+def catalog_resource(settings: ProjectSettings) -> DuckDBResource:
+    """dagster-duckdb's resource on the catalog file under the data root (<data root>/pingllm.duckdb)."""
+    return DuckDBResource(database=str(settings.layout.catalog))
+
+
+def resources_for(settings: ProjectSettings) -> dict[str, dg.ConfigurableResource]:
+    """Every resource the assets name, from one ProjectSettings: `pingllm` (settings) and `catalog` (DuckDB)."""
+    return {"pingllm": PingllmSettings.from_settings(settings), "catalog": catalog_resource(settings)}

@@ -11,8 +11,6 @@ import datetime as dt
 
 import dagster as dg
 
-from pingllm_assets.partitions import DAILY
-
 # Dagster's run tags for a partition range (dagster._core.storage.tags.ASSET_PARTITION_RANGE_*_TAG):
 # a run with both set materializes every partition in [start, end] of the selected partitioned assets.
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -80,6 +78,3 @@ def build_monthly_refresh_schedule(
         )
 
     return _schedule
-
-
-monthly_refresh = build_monthly_refresh_schedule(refresh_job, DAILY)

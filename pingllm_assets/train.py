@@ -89,7 +89,16 @@ def trained_model(
             eval_rtt_loss=result.eval_rtt_loss, marginal_rtt_loss=marginal_rtt,
         )  # fmt: skip
         model_card.write(ckpt_dir, {"training": card})  # what `pingllm info` shows; evaluation adds its part
-        curve = fig_loss_curve(result.history, ckpt_dir / "loss_curve.png")
+        curve = fig_loss_curve(
+            result.history,
+            ckpt_dir / "loss_curve.png",
+            eval_history=result.eval_history,
+            rtt_history=result.rtt_history,
+            references={
+                "bar for held-out loss: unigram model": unigram,
+                "bar for held-out RTT loss: one RTT distribution": marginal_rtt,
+            },
+        )
         tracker.log_artifact(curve)
         tracker.log_metrics({"unigram_loss": unigram, "marginal_rtt_loss": marginal_rtt}, step=result.step)
         (ckpt_dir / "mlflow_run_id.txt").write_text(tracker.run_id)

@@ -16,6 +16,7 @@ from pingllm_core import figures as F
 from pingllm_core import metrics as M
 from pingllm_core import tokens as T
 from pingllm_core.baselines import fit_all_baselines, to_unix_seconds
+from pingllm_core.report import write_report
 
 LOG_FLOOR = 1e-12  # probability floor for log P of a code the pruned distribution does not hold
 
@@ -251,7 +252,7 @@ def evaluate(
     figures += _mode_accuracy(engine, splits["heldout_probes"], cfg, metrics, fig_dir)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_jsonable))
-    report = _write_report(out_dir / "report.md", metrics, figures, cfg)
+    report = write_report(out_dir / "report.md", metrics, figures, asdict(cfg))
     return EvalResult(metrics=metrics, figures=figures, report=report, seconds=metrics["seconds"])
 
 
@@ -389,30 +390,3 @@ def _mode_accuracy(engine, df, cfg, metrics, fig_dir) -> list[Path]:
     metrics["mode_accuracy"] = table
     metrics["mode_nll"] = nll_table
     return [F.fig_mode_accuracy(table, fig_dir / "mode_accuracy.png")]
-
-
-def _write_report(path: Path, metrics: dict, figures: list[Path], cfg: EvalConfig) -> Path:
-    """A compact Markdown report: one table per split, the extra numbers, the figures."""
-    lines = ["# pingllm evaluation", "", f"Config: `{json.dumps(asdict(cfg))}`", ""]
-    for split, m in metrics["splits"].items():
-        lines += [f"## {split} ({m['rows']} rows, {m['failed_rows']} failed)", ""]
-        rows = [{"method": k, **{c: round(v, 4) for c, v in vals.items() if isinstance(v, float | int)}}
-                for k, vals in m.items() if isinstance(vals, dict) and "rel_p50" in vals]  # fmt: skip
-        lines += [F.markdown_table(rows), ""]
-        lines += [f"Failures (model): {m['model_failure']}", ""]
-        for key in m:
-            if key.endswith("_failure") and key != "model_failure":
-                lines += [f"Failures ({key[: -len('_failure')]}): {m[key]}", ""]
-    for key in ("context", "timestamp_logp", "pair_kl", "live_kl", "mode_accuracy", "mode_nll"):
-        if key in metrics:
-            lines += [
-                f"## {key}",
-                "",
-                "```",
-                json.dumps(metrics[key], indent=1, default=_jsonable),
-                "```",
-                "",
-            ]
-    lines += [f"![{p.stem}](figures/{p.name})" for p in figures]
-    path.write_text("\n".join(lines) + "\n")
-    return path

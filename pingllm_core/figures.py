@@ -161,19 +161,36 @@ def fig_calibration(pit: np.ndarray, path: str | Path, bins: int = 20) -> Path:
 
 
 def fig_loss_curve(
-    history: list[tuple[int, float]], path: str | Path, eval_history: list[tuple[int, float]] | None = None
+    history: list[tuple[int, float]],
+    path: str | Path,
+    eval_history: Sequence[tuple[int, float] | tuple[int, float, float]] | None = None,
+    rtt_history: list[tuple[int, float]] | None = None,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
-    """Training loss (nats per token) against step, with the evaluation loss when given."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    """Training, held-out and RTT-only losses (nats per token) against step in one figure.
+
+    `eval_history` rows are (step, loss) or (step, loss, RTT loss); `references` draws horizontal lines
+    (e.g. the held-out loss of the unigram model and of one global RTT distribution).
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
     if history:
         s, v = zip(*history, strict=True)
-        ax.plot(s, v, label="train loss")
+        ax.plot(s, v, color="C0", label="train loss (all tokens)")
+    if rtt_history:
+        s, v = zip(*rtt_history, strict=True)
+        ax.plot(s, v, color="C1", alpha=0.8, label="train RTT loss (RTT tokens)")
     if eval_history:
-        s, v = zip(*eval_history, strict=True)
-        ax.plot(s, v, marker="o", label="eval loss")
+        steps = [row[0] for row in eval_history]
+        ax.plot(steps, [row[1] for row in eval_history], "o--", color="C0", label="held-out loss")
+        if all(len(row) > 2 for row in eval_history):
+            rtt = [row[2] for row in eval_history]  # type: ignore[misc]
+            ax.plot(steps, rtt, "s--", color="C1", label="held-out RTT loss")
+    for i, (label, value) in enumerate((references or {}).items()):
+        if math.isfinite(value):
+            ax.axhline(value, color=f"C{2 + i}", linestyle=":", linewidth=1.2, label=label)
     ax.set(title="Training loss", xlabel="step", ylabel="cross-entropy [nats/token]")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

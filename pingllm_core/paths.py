@@ -63,3 +63,7 @@ class DataLayout:
     @property
     def evaluation(self) -> Path:  # figures/*.png, metrics.json, report.md
         return self.root / "evaluation"
+
+    @property
+    def catalog(self) -> Path:  # DuckDB: views over the Parquet outputs, parse rejects, eval metrics
+        return self.root / "pingllm.duckdb"

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from pingllm_core import tokens
+from pingllm_core import db, tokens
 
 MAGIC = b"PRW1"
 VERSION = 1
@@ -349,11 +349,7 @@ def write_probe_records(
     tmp = out_dir.parent / f".{out_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    con = duckdb.connect()
-    if cfg.duckdb_threads:
-        con.execute(f"SET threads = {int(cfg.duckdb_threads)}")
-    if cfg.duckdb_memory_limit:
-        con.execute(f"SET memory_limit = '{cfg.duckdb_memory_limit}'")
+    con = db.connect(threads=cfg.duckdb_threads, memory_limit=cfg.duckdb_memory_limit)
     n_keys = int(con.sql(_KEY_QUERY, params=[str(split_parquet)]).fetchall()[0][0])
     n_shards = max(1, min(cfg.shards, n_keys))
     writers = [

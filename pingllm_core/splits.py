@@ -11,6 +11,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pingllm_core import db
 from pingllm_core.parse import MEASUREMENT_SCHEMA
 
 SPLITS = ("train", "heldout_probes", "future")
@@ -85,13 +86,6 @@ class CheckOutcome:
     detail: str
 
 
-def _connect(threads: int) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    if threads > 0:
-        con.execute(f"SET threads = {int(threads)}")
-    return con
-
-
 def _probe_key() -> str:
     # SPEC 3: group by prb_id; the source address stands in where a dump had none.
     return "coalesce(CAST(prb_id AS VARCHAR), src_addr)"
@@ -100,7 +94,7 @@ def _probe_key() -> str:
 def make_sample(measurement_glob: str, out_dir: Path, cfg: SplitConfig) -> SplitStats:
     """Draw a reproducible uniform sample of `cfg.sample_rows` rows into out_dir/sample.parquet."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    con = _connect(cfg.threads)
+    con = db.connect(threads=cfg.threads)
     try:
         con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet('{measurement_glob}')")
     except duckdb.IOException as exc:
@@ -134,7 +128,7 @@ def make_splits(sample_path: Path, out_dir: Path, cfg: SplitConfig) -> SplitSumm
     """Split the sample into train / heldout_probes / future Parquet files (SPEC section 2)."""
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    con = _connect(cfg.threads)
+    con = db.connect(threads=cfg.threads)
     con.execute(f"CREATE VIEW sample AS SELECT * FROM read_parquet('{sample_path}')")
     heldout_pred = (
         f"(hash({_probe_key()}, 'heldout', {int(cfg.seed)}::BIGINT) % 10000) "
@@ -227,7 +221,7 @@ def _stats(con: duckdb.DuckDBPyConnection, pred: str) -> SplitStats:
 
 def check_splits(out_dir: Path, cutoff_epoch: int | None = None) -> list[CheckOutcome]:
     """Data-quality checks over written splits: non-empty, no null keys, RTT range, disjoint probes, time."""
-    con = _connect(0)
+    con = db.connect()
     out: list[CheckOutcome] = []
     for name in SPLITS:
         path = out_dir / f"{name}.parquet"

@@ -9,6 +9,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI pages (traces); ours is a classic model run.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _PARAM_MAX = 6000  # MLflow's param value length limit (chars); longer values are truncated
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
@@ -27,6 +29,19 @@ def local_artifact_location(root: str | Path) -> str:
     return path.as_uri()
 
 
+def experiment_ui_url(
+    root: str | Path, host: str = "127.0.0.1", port: int = 5000, experiment: str = "pingllm"
+) -> str:
+    """Where `mlflow ui` shows `experiment`'s runs (its model-training view, not the GenAI pages)."""
+    base = f"http://{host}:{port}/"
+    if not (Path(root).absolute() / "mlflow" / "mlflow.db").exists():
+        return base
+    found = mlflow.MlflowClient(tracking_uri=local_tracking_uri(root)).get_experiment_by_name(experiment)
+    if found is None:
+        return base
+    return f"{base}#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
+
+
 class MlflowTracker:
     """One MLflow run, driven through MlflowClient (no global fluent state, safe beside other runs)."""
 
@@ -39,6 +54,8 @@ class MlflowTracker:
             experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         else:
             experiment_id = found.experiment_id
+        if found is None or found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            self.client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
         self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
         self.experiment_id: str = experiment_id
 
@@ -76,6 +93,12 @@ class MlflowTracker:
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """Rows as one table artifact (JSON), shown as a table in the run's Artifacts and Evaluation views."""
+        import pandas as pd
+
+        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Set run tags."""

@@ -85,6 +85,8 @@ class TrainResult:
     n_params: int  # trainable parameters
     resumed_from: int | None = None  # step restored at start, if any
     eval_rtt_loss: float | None = None  # the same, on the RTT bytes only
+    rtt_history: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, train RTT loss)
+    eval_history: list[tuple[int, float, float]] = dataclasses.field(default_factory=list)  # step, loss, RTT
 
 
 def _maybe_init_distributed(cfg: TrainConfig) -> None:
@@ -162,6 +164,8 @@ def train(
     eval_step = make_eval_step(model_def, mesh) if eval_batches else None
     states = (model_state, opt_state)
     history: list[tuple[int, float]] = []
+    rtt_history: list[tuple[int, float]] = []
+    eval_history: list[tuple[int, float, float]] = []
     pending: tuple[int, dict] | None = (
         None  # metrics are read one step late so the host never stalls the device
     )
@@ -175,6 +179,7 @@ def train(
                 f"training loss is {host['loss']} at step {step}; stopping (no checkpoint saved)"
             )
         history.append((step, host["loss"]))
+        rtt_history.append((step, host["rtt_loss"]))
         if timed["t0"] is None:
             timed["t0"] = time.perf_counter()
         else:
@@ -202,6 +207,7 @@ def train(
     def run_eval(step: int) -> tuple[float, float]:
         got = eval_losses(eval_step, states[0], eval_batches, mesh)
         tracker.log_metrics({"eval_loss": got["loss"], "eval_rtt_loss": got["rtt_loss"]}, step)
+        eval_history.append((step, got["loss"], got["rtt_loss"]))
         return got["loss"], got["rtt_loss"]
 
     step = start
@@ -241,6 +247,8 @@ def train(
         n_params=int(n_params),
         resumed_from=resumed_from,
         eval_rtt_loss=eval_rtt_loss,
+        rtt_history=rtt_history,
+        eval_history=eval_history,
     )
 
 

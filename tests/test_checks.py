@@ -11,9 +11,10 @@ from pingllm_assets.evaluation import CHECK_BEATS_GLOBAL
 from pingllm_assets.measurements import CHECK_PARSED, splits
 from pingllm_assets.raw import CHECK_DOWNLOADED
 from pingllm_assets.records import probe_records
-from pingllm_assets.resources import PingllmSettings
+from pingllm_assets.resources import resources_for
 from pingllm_assets.train import CHECK_LOSS
 from pingllm_core.parse import MEASUREMENT_SCHEMA
+from pingllm_core.settings import ProjectSettings
 from pingllm_core.splits import CHECK_NAMES
 
 
@@ -30,7 +31,7 @@ def test_checks_exist_where_the_graph_needs_them_and_data_and_loss_gates_block()
     specs = specs_by_asset()
     assert set(specs) == {"raw_ping_dumps", "measurements", "splits", "trained_model", "evaluation"}
     assert set(specs["raw_ping_dumps"]) == {CHECK_DOWNLOADED} and set(specs["measurements"]) == {CHECK_PARSED}
-    # Model quality against the global-median baseline warns in the UI but stops nothing.
+    # Model quality against the global-median baseline shows in the UI but stops nothing.
     assert set(specs["evaluation"]) == {CHECK_BEATS_GLOBAL}
     assert not specs.pop("evaluation")[CHECK_BEATS_GLOBAL].blocking
     assert set(specs["splits"]) == set(CHECK_NAMES)
@@ -73,7 +74,7 @@ def test_failing_blocking_check_on_real_splits_stops_probe_records(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         [splits, probe_records],
-        resources={"pingllm": PingllmSettings(data_root=str(tmp_path))},
+        resources=resources_for(ProjectSettings(data_root=tmp_path)),
         run_config={"ops": {"splits": {"config": {"heldout_probe_share": 0.0}}}},
         raise_on_error=False,
         instance=instance,

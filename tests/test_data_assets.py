@@ -10,25 +10,24 @@ from ripe_server import serving
 
 from pingllm_assets.measurements import CHECK_PARSED, measurements
 from pingllm_assets.raw import CHECK_DOWNLOADED, day_status, hour_ranges, raw_ping_dumps
-from pingllm_assets.resources import PingllmSettings
+from pingllm_assets.resources import resources_for
 from pingllm_core.download import DownloadReport, FileResult
+from pingllm_core.settings import ProjectSettings
 
 RIPE = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 WEINERAN = RIPE / "weineran" / "2015-01-31" / "ping-2015-01-31T0000.bz2"
 DAY = "2024-07-01"  # inside the default window, which the partitions are built from
 
 
-def _settings(root: Path, base_url: str = "http://127.0.0.1:9") -> PingllmSettings:
-    return PingllmSettings(
-        data_root=str(root), source="ripe", start_day=DAY, end_day=DAY, ripe_base_url=base_url
-    )
+def _settings(root: Path, base_url: str = "http://127.0.0.1:9") -> ProjectSettings:
+    return ProjectSettings(data_root=root, source="ripe", start_day=DAY, end_day=DAY, ripe_base_url=base_url)
 
 
 def _materialize(asset, root: Path, run_config: dict | None = None, base_url: str = "http://127.0.0.1:9"):
     return dg.materialize(
         [asset],
         partition_key=DAY,
-        resources={"pingllm": _settings(root, base_url)},
+        resources=resources_for(_settings(root, base_url)),
         run_config=run_config or {},
         raise_on_error=False,
         instance=dg.DagsterInstance.ephemeral(),

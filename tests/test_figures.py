@@ -1,5 +1,7 @@
 """Every evaluation figure is written as a valid, non-blank PNG; the Markdown table is well formed."""
 
+from pathlib import Path
+
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -66,6 +68,22 @@ def test_loss_curve_figure_with_eval_history(tmp_path):
     hist = [(s, 5.0 / (1 + s / 100)) for s in range(0, 1000, 10)]
     out = figures.fig_loss_curve(hist, tmp_path / "loss.png", eval_history=[(0, 5.1), (500, 1.9), (999, 1.6)])
     _assert_real_png(out)
+
+
+def test_loss_curve_shows_train_held_out_and_rtt_losses_and_the_bars_together(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or Path(path))
+    hist = [(s, 5.0 / (1 + s / 100)) for s in range(1, 200)]
+    rtt = [(s, 6.0 / (1 + s / 300)) for s in range(1, 200)]
+    evals = [(50, 3.1, 5.2), (100, 2.5, 4.8), (199, 2.2, 4.6)]
+    refs = {"unigram (held-out)": 4.0, "global RTT distribution": 5.0, "missing": float("nan")}
+    figures.fig_loss_curve(hist, tmp_path / "loss.png", eval_history=evals, rtt_history=rtt, references=refs)
+    (ax,) = saved[0].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"train loss (all tokens)", "train RTT loss (RTT tokens)", "held-out loss",
+                          "held-out RTT loss", "unigram (held-out)", "global RTT distribution"}  # fmt: skip
+    assert list(lines["held-out RTT loss"].get_ydata()) == [5.2, 4.8, 4.6]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
 
 
 def test_markdown_table_formats_columns_in_first_seen_order():

@@ -67,7 +67,7 @@ def _materialize(
     """`dagster asset materialize` of the raw and measurements assets, in ripe mode, against a temp instance."""
     home = root / "dagster_home"
     home.mkdir(exist_ok=True)
-    shutil.copy(Path(__file__).parents[1] / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(Path(__file__).parents[1] / "dagster_instance.yaml", home / "dagster.yaml")
     config = root / "ripe.toml"
     config.write_text(f'source = "ripe"\nstart_day = {START}\nend_day = {END}\n'  # TOML dates, unquoted
                       f'ripe_base_url = "{base_url}"\ndata_root = "{root / "data"}"\n')  # fmt: skip

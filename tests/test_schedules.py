@@ -1,6 +1,7 @@
 """The monthly refresh schedule, evaluated with Dagster's testing tools (no materialization of the graph)."""
 
 import datetime as dt
+from dataclasses import replace
 
 import dagster as dg
 import pytest
@@ -9,7 +10,7 @@ from graph_assets import GRAPH_ASSETS
 
 from pingllm_assets.definitions import defs
 from pingllm_assets.partitions import DAILY
-from pingllm_assets.resources import PingllmSettings
+from pingllm_assets.resources import default_settings, resources_for
 from pingllm_assets.schedules import (
     MONTH_TAG,
     RANGE_END_TAG,
@@ -103,7 +104,7 @@ def test_schedule_run_request_runs_the_whole_range_in_one_run(tmp_path):
         assets=defs.assets,
         asset_checks=defs.asset_checks,
         jobs=[refresh_job],
-        resources={"pingllm": PingllmSettings(data_root=str(tmp_path), synth_probes=4)},
+        resources=resources_for(replace(default_settings(), data_root=tmp_path, synth_probes=4)),
     )
     schedule = build_monthly_refresh_schedule(refresh_job, DAILY, name="test_refresh")
     first_day = dt.date.fromisoformat(DAILY.get_partition_keys()[0])

@@ -1,9 +1,10 @@
 """Behaviour of the trackers: in-memory recording and a real MLflow SQLite backend round trip."""
 
+import pandas as pd
 from mlflow import MlflowClient
 
 from pingllm_core.tracking import ListTracker, NullTracker, Tracker
-from pingllm_core.tracking_mlflow import MlflowTracker, local_tracking_uri
+from pingllm_core.tracking_mlflow import EXPERIMENT_KIND, MlflowTracker, experiment_ui_url, local_tracking_uri
 
 
 def test_list_tracker_keeps_params_metrics_artifacts_tags_and_status(tmp_path):
@@ -51,3 +52,22 @@ def test_mlflow_tracker_round_trips_through_a_sqlite_backend(tmp_path):
     # A second run reuses the experiment.
     again = MlflowTracker.local(tmp_path, experiment="pingllm-test", run_name="tiny-2")
     assert again.experiment_id == tracker.experiment_id and again.run_id != tracker.run_id
+
+
+def test_mlflow_experiment_opens_on_its_runs_and_takes_a_comparison_table(tmp_path):
+    assert experiment_ui_url(tmp_path, "127.0.0.1", 5050) == "http://127.0.0.1:5050/"  # nothing tracked yet
+    tracker = MlflowTracker.local(tmp_path, experiment="pingllm", run_name="tiny")
+    rows = [{"method": "model", "heldout_probes": 0.2}, {"method": "global_median", "heldout_probes": 0.4}]
+    tracker.log_table(rows, artifact_file="evaluation/comparison.json")
+    tracker.finish()
+    client = MlflowClient(tracking_uri=local_tracking_uri(tmp_path))
+    # MLflow 3 shows an experiment without this tag on its GenAI (traces) pages.
+    assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND[0]] == "custom_model_development"
+    url = experiment_ui_url(tmp_path, "127.0.0.1", 5050)
+    assert (
+        url
+        == f"http://127.0.0.1:5050/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    )
+    local = client.download_artifacts(tracker.run_id, "evaluation/comparison.json", str(tmp_path / "dl"))
+    assert pd.read_json(local, orient="split").to_dict("records") == rows
+    assert '"type": "table"' in client.get_run(tracker.run_id).data.tags["mlflow.loggedArtifacts"]
