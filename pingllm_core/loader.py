@@ -42,6 +42,15 @@ class LoaderConfig:
     meas_per_k: int = 30  # K = ceil(n / meas_per_k) before the cap
     mode_probs: tuple[float, float, float] = (0.4, 0.3, 0.3)  # timestamp modes full / none / mixed
     mixed_keep: tuple[float, float] = (0.1, 0.9)  # share of timestamped measurements in mixed mode
+    # Share of measurements whose four fields come in a random order; the rest use the query order
+    # (Src Dst Timestamp Result, `query_context.FIELD_ORDER`), which is how an RTT question is asked.
+    field_shuffle_share: float = 1.0
+    # Share of contexts whose source addresses are replaced by unseen ones in the same network (see
+    # `loader_transforms._remap_sources`): held-out probes in miniature, so the model learns to use context.
+    src_remap_share: float = 0.0
+    # Share of contexts cut to 1-8 measurements: cold starts and short contexts are most of what queries look
+    # like, while long contexts give the model only one cold guess per (source, destination) pair.
+    short_context_share: float = 0.0
     shuffle: bool = True  # shuffle rows, differently each epoch
     num_epochs: int | None = None  # None = repeat forever
     shard_index: int = 0  # this host's slice of the rows (multi-host data parallel)
@@ -49,7 +58,9 @@ class LoaderConfig:
     read_threads: int = 1  # Grain read threads per process (sampling is numpy + GIL: keep small)
     prefetch_rows: int = 16  # rows buffered per process (a row may be ~8 MB)
     worker_buffer_batches: int = 4  # batches buffered per worker process
-    rows_per_group: int = 8  # rows sampled together in one vectorised pass (amortises numpy call overhead)
+    # Rows sampled together in one vectorised pass (amortises numpy call overhead), whose contexts are then
+    # shuffled together: a batch mixes probes from this many rows.
+    rows_per_group: int = 32
 
     def __post_init__(self) -> None:
         if self.seq_len < 64:
@@ -62,20 +73,52 @@ class LoaderConfig:
             raise ValueError(f"mode_probs must be 3 non-negative numbers summing to 1, got {self.mode_probs}")
         if not 0.0 <= self.mixed_keep[0] <= self.mixed_keep[1] <= 1.0:
             raise ValueError(f"mixed_keep must be 0 <= lo <= hi <= 1, got {self.mixed_keep}")
+        if not 0.0 <= self.short_context_share <= 1.0:
+            raise ValueError(f"short_context_share must be in [0, 1], got {self.short_context_share}")
+        if not 0.0 <= self.src_remap_share <= 1.0:
+            raise ValueError(f"src_remap_share must be in [0, 1], got {self.src_remap_share}")
+        if not 0.0 <= self.field_shuffle_share <= 1.0:
+            raise ValueError(f"field_shuffle_share must be in [0, 1], got {self.field_shuffle_share}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be None or >= 1, got {self.num_epochs}")
         if not 0 <= self.shard_index < self.shard_count:
             raise ValueError(f"shard_index {self.shard_index} outside shard_count {self.shard_count}")
 
+    def scoring(self) -> LoaderConfig:
+        """The same contexts as queries see them: fields in query order and real addresses, no augmentation;
+        how held-out losses are scored, so that recipes with different augmentations compare."""
+        return dataclasses.replace(
+            self, field_shuffle_share=0.0, src_remap_share=0.0, short_context_share=0.0
+        )
+
+
+def shuffle_contexts(
+    toks: np.ndarray, sizes: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The contexts (flat tokens, tokens per context) in a uniformly random order."""
+    perm = rng.permutation(len(sizes))
+    starts = np.cumsum(sizes) - sizes
+    new_sizes = sizes[perm]
+    # Token j of the output is token (j - its context's new start) of its context's old place.
+    ctx = np.repeat(np.arange(len(perm)), new_sizes)
+    src = np.arange(len(ctx)) - (np.cumsum(new_sizes) - new_sizes)[ctx] + starts[perm][ctx]
+    return toks[src], new_sizes
+
 
 @dataclass(frozen=True)
 class _GroupContexts(grain.transforms.RandomMap):
-    """A group of rows -> (flat int32 tokens of all their contexts, tokens per context), in one pass."""
+    """A group of rows -> (flat int32 tokens of all their contexts in random order, tokens per context).
+
+    The order is shuffled so that a batch mixes the group's probes: a row yields up to 16 contexts, and
+    packed in the order they are sampled, a batch would hold two or three probes and the model would chase
+    each batch's own RTT range instead of learning what the addresses say.
+    """
 
     cfg: LoaderConfig
 
     def random_map(self, element: list[ProbeRow], rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
         toks, sizes, _, _, _ = sample_rows(element, rng, self.cfg)
+        toks, sizes = shuffle_contexts(toks, np.asarray(sizes), rng)
         return toks, sizes.tolist()
 
 

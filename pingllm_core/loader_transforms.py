@@ -37,6 +37,7 @@ _EST_SAMPLE = 512  # measurements sampled to estimate a large row's tokens per m
 # still fills the context; the surplus is cut at the last whole measurement.
 _OVERSHOOT = 1.25
 _DRAW_SDS = 4.0  # draws with replacement per context: mean + this many sd of those needed (see _subsample)
+SHORT_CONTEXT_MAX = 8  # a short context holds 1 .. this many measurements (LoaderConfig.short_context_share)
 _DENSE_SLOTS_PER_DRAW = 64  # _first_occurrences: dense array up to this many window slots per draw, else sort
 
 # ---------------------------------------------------------------------------------------------- layouts
@@ -49,6 +50,9 @@ _TIME_LEN = np.array([0, 9, 2, 5], np.int64)
 PERMS = np.array(list(itertools.permutations(range(4))), np.int8)  # int8[24, 4] field orders
 _PERM_OF_CODE = np.full(256, -1, np.int64)  # base-4 code of a field order -> its row in PERMS
 _PERM_OF_CODE[PERMS.astype(np.int64) @ np.array([64, 16, 4, 1])] = np.arange(24)
+# The field order queries use (Src Dst Timestamp Result): the RTT is read after everything it depends on.
+QUERY_PERM = int(_PERM_OF_CODE[np.array([tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME,
+                                         tokens.FIELD_RESULT]) @ np.array([64, 16, 4, 1])])  # fmt: skip
 
 
 def _layout_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -493,14 +497,23 @@ def sample_rows(
     mode = (u >= p_full).astype(np.int64) + (u >= p_none)
     share = np.array([1.0, 0.0, sum(cfg.mixed_keep) / 2])[mode]
     target = target_measurements(cfg.seq_len, base.take(crow), share)
+    if cfg.short_context_share > 0:  # a few measurements only: the model learns to answer with little context
+        short = _nonzero(rng.random(kk) < cfg.short_context_share)
+        target[short] = np.minimum(target.take(short), rng.integers(1, SHORT_CONTEXT_MAX + 1, len(short)))
     a, b = _windows_multi(rows, time, rs, ns, crow, target, rng)
     pos, ctx, counts, corder = _subsample(a, b, target, rng)
     mode, crow = mode.take(corder), crow.take(corder)  # contexts in the order _subsample gives them
     order, has_time = _order_for_modes(pos, counts, mode, cfg.mixed_keep, rng)
     kind, value = _time_kinds(time.take(order), has_time, ctx)
     perm = rng.integers(0, len(PERMS), len(order), dtype=np.int16)  # a random field order per measurement
+    if cfg.field_shuffle_share < 1.0:  # the others keep the query order
+        perm[rng.random(len(order)) >= cfg.field_shuffle_share] = QUERY_PERM
     erow = crow.take(ctx)
     s = src_l.take(order) + src_off.take(erow)
+    if cfg.src_remap_share > 0:
+        src_tab, src6_tab, s = _remap_sources(
+            src_tab, src6_tab, s, ctx, len(counts), cfg.src_remap_share, rng
+        )
     d = dst_l.take(order) + dst_off.take(erow)
     rt = rtt.take(order)
     src6, dst6 = src6_tab.take(s), dst6_tab.take(d)
@@ -530,6 +543,32 @@ def sample_rows(
         value.take(sel),
     )
     return toks, ctx_tokens, mode, kept, k
+
+
+_REMAP_KEEP4 = np.array([1, 2, 3])  # leading bytes a remapped IPv4 source keeps: its /8, /16 or /24
+_REMAP_KEEP6 = np.array([2, 4, 6])  # and an IPv6 one: its /16, /32 or /48
+
+
+def _remap_sources(tab, tab6, s, ctx, n_contexts: int, share: float, rng: np.random.Generator):
+    """In a random `share` of the contexts, every source address becomes a new one (the same throughout the
+    context) that keeps a random prefix of the real one (IPv4 /8, /16 or /24; IPv6 /16, /32 or /48) and has
+    random bytes after it: a probe the model has never seen, in a known network, as held-out probes are.
+    Its RTTs can then only come from what the prefix says and from the context, which is what teaches the
+    model to read its context. Returns the source table with the new addresses appended, and the new `s`."""
+    hit = _nonzero((rng.random(n_contexts) < share).take(ctx))
+    if not len(hit):
+        return tab, tab6, s
+    uniq, inv = np.unique(ctx.take(hit) * len(tab) + s.take(hit), return_inverse=True)
+    old = uniq % len(tab)
+    v6 = tab6.take(old)
+    keep = np.where(v6, rng.choice(_REMAP_KEEP6, len(uniq)), rng.choice(_REMAP_KEEP4, len(uniq)))
+    width = np.where(v6, 16, 4)
+    cols = np.arange(16)
+    fresh = (cols >= keep[:, None]) & (cols < width[:, None])
+    new = np.where(fresh, rng.integers(0, 256, (len(uniq), 16), dtype=np.uint8), tab.take(old, axis=0))
+    s = s.copy()
+    s[hit] = len(tab) + inv.reshape(-1)
+    return np.concatenate([tab, new]), np.concatenate([tab6, v6]), s
 
 
 def _windows_multi(rows, time, rs, ns, crow, target, rng):

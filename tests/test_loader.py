@@ -456,3 +456,80 @@ def test_multi_worker_batches_are_deterministic_and_resume(rec_dir):
         _assert_same(_take(it3, 3), rest)
     finally:
         it3.close()
+
+
+def test_field_order_share_keeps_the_rest_in_query_order(rows):
+    query = (tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME, tokens.FIELD_RESULT)
+    for share in (0.0, 0.5):
+        cfg = dataclasses.replace(CFG, field_shuffle_share=share)
+        toks, sizes, *_ = loader_transforms.sample_rows(rows, np.random.default_rng(5), cfg)
+        hits, timed = [], []
+        for ctx in np.split(toks, np.cumsum(sizes)[:-1]):
+            _, has_time, orders = tokens.decode_tokens(ctx)
+            for o, t in zip(orders, has_time, strict=True):
+                present = query if t else tuple(f for f in query if f != tokens.FIELD_TIME)
+                hits.append(tuple(f for f in o if f in present) == present)
+                timed.append(t)
+        in_query = np.mean(hits)
+        # a random order of four fields is the query order 1 time in 24, of three (no timestamp) 1 in 6
+        expected = (1 - share) + share * np.mean([1 / 24 if t else 1 / 6 for t in timed])
+        assert abs(in_query - expected) < 0.05, (share, in_query)
+
+
+def test_remapped_sources_keep_a_prefix_and_stay_one_address_per_context(rows):
+    keys = [_row_keys(r) for r in rows]
+    real = {k[1] for ks in keys for k in ks}
+    cfg = dataclasses.replace(CFG, src_remap_share=1.0)
+    toks, sizes, *_ = loader_transforms.sample_rows(rows, np.random.default_rng(2), cfg)
+    for ctx in np.split(toks, np.cumsum(sizes)[:-1]):
+        m, _, _ = tokens.decode_tokens(ctx)
+        srcs = {(a.tobytes(), bool(v6)) for a, v6 in zip(m.src, m.src_v6, strict=True)}
+        assert len(srcs) <= 2 and not ({s for s, _ in srcs} & real)  # one per family, all new
+        for s, v6 in srcs:
+            n = 2 if v6 else 1  # keeps at least its /16 (IPv6) or /8 (IPv4)
+            assert any(r[:n] == s[:n] for r in real), s
+    plain = loader_transforms.sample_rows(rows, np.random.default_rng(2), CFG)[0]
+    m, _, _ = tokens.decode_tokens(plain[: np.flatnonzero(plain == 0)[1]])
+    assert m.src[0].tobytes() in real  # share 0 leaves sources alone
+
+
+def test_short_contexts_hold_one_to_eight_measurements(rows):
+    cfg = dataclasses.replace(CFG, short_context_share=1.0)
+    _, _, _, kept, _ = loader_transforms.sample_rows(rows, np.random.default_rng(4), cfg)
+    assert kept.min() >= 1 and kept.max() <= loader_transforms.SHORT_CONTEXT_MAX
+    _, _, _, kept_full, _ = loader_transforms.sample_rows(rows, np.random.default_rng(4), CFG)
+    assert kept_full.max() > loader_transforms.SHORT_CONTEXT_MAX
+
+
+def test_a_batch_mixes_the_probes_of_a_group(rec_dir):
+    # Packed in sampling order, the K <= 16 contexts of one row fill whole batches of a single probe; shuffled
+    # within the group, a batch holds contexts of several rows.
+    cfg = dataclasses.replace(CFG, batch_size=8, seq_len=512, rows_per_group=8)
+    it = loader.make_train_iter(rec_dir, cfg)
+    sources = []
+    for batch in _take(it, 4):
+        srcs = set()
+        for r in range(cfg.batch_size):
+            for sid in set(batch["segment_ids"][r][batch["segment_ids"][r] > 0].tolist()):
+                m, _, _ = tokens.decode_tokens(batch["tokens"][r][batch["segment_ids"][r] == sid])
+                srcs.add(m.src[0].tobytes())
+        sources.append(len(srcs))
+    assert np.mean(sources) > 2.5, sources
+
+
+def test_shuffled_contexts_are_a_permutation_of_whole_contexts():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 9, 30)
+    toks = np.repeat(np.arange(30), sizes).astype(np.int32)  # context i is `sizes[i]` copies of i
+    out, new_sizes = loader.shuffle_contexts(toks, sizes, rng)
+    parts = np.split(out, np.cumsum(new_sizes)[:-1])
+    assert sorted(int(p[0]) for p in parts) == list(range(30)) and not np.array_equal(out, toks)
+    assert all((p == p[0]).all() and len(p) == sizes[p[0]] for p in parts)
+
+
+def test_scoring_config_turns_every_augmentation_off():
+    cfg = dataclasses.replace(CFG, field_shuffle_share=0.5, src_remap_share=0.3, short_context_share=0.3)
+    assert (cfg.scoring().field_shuffle_share, cfg.scoring().src_remap_share) == (0.0, 0.0)
+    assert cfg.scoring().short_context_share == 0.0
+    cfg = cfg.scoring()
+    assert cfg.seq_len == CFG.seq_len and cfg.batch_size == CFG.batch_size
