@@ -149,7 +149,7 @@ class QueryEngine:
     def _trim(cache: KVCache, n: int) -> KVCache:
         """The first slots of a batch-1 cache that hold `n` tokens (every row of a cascade reads all slots)."""
         keep = min(cache.k.shape[2], bucket(n, 8))
-        return KVCache(cache.k[:, :, :keep], cache.v[:, :, :keep], cache.length)
+        return KVCache(cache.k[:, :, :keep], cache.v[:, :, :keep], cache.length, cache.role)
 
     def extend(self, cache: KVCache, rows: np.ndarray, tokens_BxT: np.ndarray) -> tuple[np.ndarray, KVCache]:
         """Rows `rows` of `cache` continued by `tokens_BxT` (one call, padded); log-probs after the last token."""
@@ -167,8 +167,9 @@ class QueryEngine:
         rows: np.ndarray,
         tokens_BxT: np.ndarray,
     ) -> tuple[np.ndarray, tuple[jax.Array, jax.Array]]:
-        """Rows continuing a shared batch-1 prefix cache (plus their own cached tokens `own`): log-probs at
-        every new position [B, T, V] and the rows' own keys/values (padded rows at the end)."""
+        """Rows continuing a shared batch-1 prefix cache (plus their own cached tokens `own`, bytes of the
+        prefix's last field): log-probs at every new position [B, T, V] and the rows' own keys/values (padded
+        rows at the end)."""
         if own is None:
             shape = (self.cfg.n_layers, 1, 0, self.cfg.n_heads, self.cfg.d_head)
             own = (jnp.zeros(shape, self.cfg.compute_dtype), jnp.zeros(shape, self.cfg.compute_dtype))

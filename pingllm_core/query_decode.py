@@ -35,7 +35,8 @@ _SHORT = 32  # prefix slots, row keys (and half their product with queries) for 
 def extend_jit(graphdef, state, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax.Array, KVCache]:
     """Gather cache rows, decode T more tokens; log-probs after the last one and the new cache."""
     model = nnx.merge(graphdef, state)
-    cache = KVCache(jnp.take(cache.k, rows_B, axis=1), jnp.take(cache.v, rows_B, axis=1), cache.length)
+    role = None if cache.role is None else jnp.take(cache.role, rows_B, axis=0, mode="clip")
+    cache = KVCache(jnp.take(cache.k, rows_B, axis=1), jnp.take(cache.v, rows_B, axis=1), cache.length, role)
     logits_BxTxV, cache = model.decode(tokens_BxT, cache)
     return jax.nn.log_softmax(logits_BxTxV[:, -1]), cache
 
@@ -178,9 +179,10 @@ def _block(block, x_BxTxD, table, prefix, anc, prev, own_ok_TxJ, n_out: int):
     return x + block.mlp(block.mlp_norm(x)), k_new, v_new
 
 
-def _stack(model, bgraph, blocks: Blocks, tokens_BxT, pos_1xT, prefix: KVCache, store, anc_BxA, prev,
-           own_ok_TxJ, n_out: int):  # fmt: skip
-    """All blocks over T new tokens per row (positions `pos_1xT`, the same for every row).
+def _stack(model, bgraph, blocks: Blocks, tokens_BxT, roles_BxT, pos_1xT, prefix: KVCache, store, anc_BxA,
+           prev, own_ok_TxJ, n_out: int):  # fmt: skip
+    """All blocks over T new tokens per row (grammar roles `roles_BxT`, positions `pos_1xT`, the same for every
+    row).
 
     Row keys: the shared `prefix` cache (batch 1), ancestors in `store` (keys, values [N, C, H, K]) at store
     indices `anc_BxA`, own tokens decoded before (`prev`: KV pair or None) and these T (mask `own_ok_TxJ`
@@ -201,7 +203,7 @@ def _stack(model, bgraph, blocks: Blocks, tokens_BxT, pos_1xT, prefix: KVCache, 
         x, k, v = layer(i, x, None if prev is None else (prev[0].first[i], prev[1].first[i]), t)
         return x, (k, v)
 
-    x = model.embed(tokens_BxT)
+    x = model.embed_tokens(tokens_BxT, roles_BxT)
     if cfg.n_layers > 1:
         x, (ks, vs) = jax.lax.scan(body, x, jnp.arange(cfg.n_layers - 1))
     else:  # a one-block model: nothing to scan
@@ -229,27 +231,36 @@ def _prefill(graphdef, bgraph, state, blocks, tokens_1xL, n, capacity: int) -> t
     store, anc = _empty_store(model, 1)
     causal = jnp.tril(jnp.ones((size, size), bool))
     pos = jnp.arange(size)[None]
-    x, k, v = _stack(model, bgraph, blocks, tokens_1xL, pos, empty, store, anc, None, causal, size)
+    roles = T.token_roles(tokens_1xL, jnp)
+    x, k, v = _stack(model, bgraph, blocks, tokens_1xL, roles, pos, empty, store, anc, None, causal, size)
     logp_LxV = jax.nn.log_softmax(model._logits(x[0]))
     pad = ((0, 0), (0, 0), (0, capacity - size), (0, 0), (0, 0))
     k, v = (jnp.pad(kv.full(), pad).astype(cfg.compute_dtype) for kv in (k, v))
-    return logp_LxV, KVCache(k, v, jnp.asarray(n, jnp.int32))
+    return logp_LxV, KVCache(k, v, jnp.asarray(n, jnp.int32), jax.lax.dynamic_slice(roles[0], (n - 1,), (1,)))
 
 
 def _cascade(graphdef, bgraph, state, blocks, prefix: KVCache, own_k, own_v, rows_B, tokens_BxT):
-    """T tokens after (shared prefix, the row's own U cached tokens `own_k/v` [N, B0, U, H, K] at `rows_B`);
-    log-probs at every new position [B, T, V] and the rows' own keys/values extended to U + T."""
+    """T tokens after (shared prefix, the row's own U cached tokens `own_k/v` [N, B0, U, H, K] at `rows_B`, bytes
+    of the prefix's last field); log-probs at every new position [B, T, V] and the rows' own keys/values
+    extended to U + T."""
     model = nnx.merge(graphdef, state)
     b, t = tokens_BxT.shape
     own_k, own_v = jnp.take(own_k, rows_B, axis=1), jnp.take(own_v, rows_B, axis=1)
     u = own_k.shape[2]
+    roles = T.continue_roles(jnp.broadcast_to(_after_bytes(prefix.role, u), (b,)), tokens_BxT, jnp)
     pos_1xT = (prefix.length + u + jnp.arange(t, dtype=jnp.int32))[None]
     own_ok = jnp.arange(u + t)[None, :] <= (u + jnp.arange(t))[:, None]  # causal over own tokens
     store, anc = _empty_store(model, b)
     prev = (KV.of(own_k), KV.of(own_v))
-    x, k, v = _stack(model, bgraph, blocks, tokens_BxT, pos_1xT, prefix, store, anc, prev, own_ok, t)
+    x, k, v = _stack(model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc, prev, own_ok, t)
     logp = jax.nn.log_softmax(model._logits(x))  # the model's own final norm and (tied) unembedding
     return logp, jnp.concatenate([own_k, k.full()], 2), jnp.concatenate([own_v, v.full()], 2)
+
+
+def _after_bytes(role, n_bytes: int):
+    """The role after `n_bytes` more bytes of the same field (`tokens.continue_roles` without a marker)."""
+    cap = (role // T.ROLE_OFFSETS) * T.ROLE_OFFSETS + T.ROLE_OFFSETS - 1
+    return jnp.minimum(role + n_bytes, cap)
 
 
 def _trie_level(
@@ -264,7 +275,13 @@ def _trie_level(
     pos_1xT = (prefix.length + anc_BxA.shape[1] + jnp.arange(t, dtype=jnp.int32))[None]
     causal = jnp.tril(jnp.ones((t, t), bool))
     store = (store_k, store_v)
-    _, k, v = _stack(model, bgraph, blocks, tokens_BxT, pos_1xT, prefix, store, anc_BxA, None, causal, 0)
+    # The nodes' tokens are address bytes after the prefix's destination marker and their ancestors' bytes.
+    roles = T.continue_roles(
+        jnp.broadcast_to(_after_bytes(prefix.role, anc_BxA.shape[1]), (b,)), tokens_BxT, jnp
+    )
+    _, k, v = _stack(
+        model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc_BxA, None, causal, 0
+    )
     n = model.cfg.n_layers
     out = []
     for st, kv in zip(store, (k, v), strict=True):
@@ -307,8 +324,11 @@ def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, an
     pos_1xT = (start + jnp.arange(t, dtype=jnp.int32))[None]
     causal_TxT = jnp.tril(jnp.ones((t, t), bool))
     store = (store_k, store_v)
+    roles = T.continue_roles(
+        jnp.broadcast_to(_after_bytes(prefix.role, anc_BxA.shape[1]), (b,)), tokens_BxT, jnp
+    )
     x, k, v = _stack(
-        model, bgraph, blocks, tokens_BxT, pos_1xT, prefix, store, anc_BxA, None, causal_TxT, n_out
+        model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc_BxA, None, causal_TxT, n_out
     )
     logp = jax.nn.log_softmax(model._logits(x))  # the model's own final norm and (tied) unembedding
     if not expand:
@@ -320,7 +340,8 @@ def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, an
     own_ok_ExJ = jnp.concatenate(
         [jnp.ones((e, t), bool), jnp.eye(e, dtype=bool)], 1
     )  # own tokens, then itself
-    x2, _, _ = _stack(model, bgraph, blocks, T.BYTE0 + b1_BxE, pos_1xE, prefix, store, anc_BxA, (k, v),
+    roles2 = jnp.broadcast_to(T.continue_roles(roles[:, -1], b1_BxE[:, :1] + T.BYTE0, jnp), (b, e))
+    x2, _, _ = _stack(model, bgraph, blocks, T.BYTE0 + b1_BxE, roles2, pos_1xE, prefix, store, anc_BxA, (k, v),
                       own_ok_ExJ, e)  # fmt: skip
     return logp, b1_BxE, jax.nn.log_softmax(model._logits(x2))
 

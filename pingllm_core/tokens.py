@@ -55,6 +55,49 @@ def after_rtt_start(tokens_BxL, offset: int, xp=np):
     return xp.pad(start_BxL[:, :-offset], ((0, 0), (offset, 0)))
 
 
+N_MARKERS = BYTE0  # role tokens are the ids below the first byte token
+ROLE_OFFSETS = _W  # a token sits 0..16 places after the marker that opened its field
+N_ROLES = N_MARKERS * ROLE_OFFSETS
+
+
+def token_roles(tokens_BxL, xp=np, starts_BxL=None):
+    """Grammar role of every token along the last axis: (last marker at or before it) * 17 + its distance
+    from that marker, e.g. "byte 3 of a destination IPv4 address" or "byte 1 of an RTT". A function of the
+    tokens so far (causal), so a model may embed it. `starts_BxL` marks where packed contexts begin (nothing
+    before them counts); tokens before any marker count from the context's start as if after
+    <MeasurementStart>."""
+    seq = tokens_BxL.shape[-1]
+    idx_L = xp.arange(seq)
+    reset = tokens_BxL < N_MARKERS
+    if starts_BxL is not None:
+        reset = reset | starts_BxL
+    last_BxL = xp.where(reset, idx_L, 0)
+    last_BxL = xp.maximum.accumulate(last_BxL, axis=-1) if xp is np else _cummax(last_BxL)
+    marker_BxL = xp.take_along_axis(tokens_BxL, last_BxL, axis=-1)
+    marker_BxL = xp.where(marker_BxL < N_MARKERS, marker_BxL, 0)
+    return marker_BxL * ROLE_OFFSETS + xp.minimum(idx_L - last_BxL, ROLE_OFFSETS - 1)
+
+
+def continue_roles(prev_role_B, tokens_BxT, xp=np):
+    """`token_roles` of T tokens that follow a sequence whose last token had role `prev_role_B` (per row; -1:
+    nothing before them): what decoding needs when it appends tokens to a cached prefix."""
+    out = []
+    role_B = xp.asarray(prev_role_B)
+    for t in range(tokens_BxT.shape[-1]):
+        tok_B = tokens_BxT[..., t]
+        cap_B = (role_B // ROLE_OFFSETS) * ROLE_OFFSETS + ROLE_OFFSETS - 1
+        byte_B = xp.where(role_B < 0, 0, xp.minimum(role_B + 1, cap_B))
+        role_B = xp.where(tok_B < N_MARKERS, tok_B * ROLE_OFFSETS, byte_B)
+        out.append(role_B)
+    return xp.stack(out, axis=-1) if out else xp.zeros(tokens_BxT.shape, xp.int32)
+
+
+def _cummax(x_BxL):
+    import jax
+
+    return jax.lax.cummax(x_BxL, axis=x_BxL.ndim - 1)
+
+
 def encode_rtt_ms(rtt_ms: np.ndarray) -> np.ndarray:
     """RTTs in ms (>= 0) to uint16 codes `EEEEEMMM MMMMMMMM` = round(us / 2**e) with the smallest fitting e."""
     us = np.asarray(np.asarray(rtt_ms, np.float64) * 1000.0)

@@ -406,3 +406,34 @@ def test_measurements_take_and_from_strings_with_datetime64() -> None:
     assert len(sub) == 1 and sub.src_v6.tolist() == [True] and sub.rtt.tolist() == [-1.0]
     with pytest.raises(ValueError, match="same length"):
         Measurements(m.time, m.src, m.src_v6, m.dst[:1], m.dst_v6, m.rtt)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, T.VOCAB_SIZE - 1), min_size=1, max_size=60), st.integers(0, 59))
+def test_token_roles_are_causal_and_continue_from_any_cut(toks, cut):
+    import jax.numpy as jnp
+
+    t = np.array([toks], np.int32)
+    cut = min(cut, len(toks) - 1)
+    roles = T.token_roles(t)
+    np.testing.assert_array_equal(np.asarray(T.token_roles(jnp.asarray(t), jnp)), roles)
+    # a prefix's roles do not depend on what follows it
+    np.testing.assert_array_equal(T.token_roles(t[:, : cut + 1]), roles[:, : cut + 1])
+    # decoding continues from the role of the last cached token, or from nothing (-1)
+    prev = roles[:, cut - 1] if cut else np.array([-1])
+    np.testing.assert_array_equal(T.continue_roles(prev, t[:, cut:]), roles[:, cut:])
+    assert roles.min() >= 0 and roles.max() < T.N_ROLES
+
+
+def test_token_roles_name_the_field_and_byte():
+    m = T.Measurements.from_strings(np.array([0]), ["192.0.2.1"], ["2001:db8::1"], np.array([12.5]))
+    toks = T.encode_measurements(m, np.zeros(1, bool), np.array([[0, 1, 3, 2]], np.int8))
+    roles = T.token_roles(toks[None])[0]
+    dst = int(np.flatnonzero(toks == T.DST_IPV6)[0])
+    assert roles[dst + 16] == T.DST_IPV6 * T.ROLE_OFFSETS + 16  # the last byte of the IPv6 destination
+    rtt = int(np.flatnonzero(toks == T.RTT_START)[0])
+    assert list(roles[rtt : rtt + 3]) == [T.RTT_START * T.ROLE_OFFSETS + i for i in range(3)]
+    # a packed context restarts at its first token, whatever came before
+    starts = np.zeros((1, len(toks)), bool)
+    starts[0, 3] = True
+    assert T.token_roles(toks[None], starts_BxL=starts)[0, 3] == 0
