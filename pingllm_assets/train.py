@@ -17,21 +17,26 @@ from pingllm_core.model import model_config
 from pingllm_core.tracking_mlflow import MlflowTracker
 from pingllm_core.train import TrainConfig, train
 
-CHECK_LOSS = "loss_finite_and_below_unigram"
+CHECK_LOSS = "heldout_rtt_loss_below_marginal"
 
 
 class TrainAssetConfig(dg.Config):
-    """Model tier, step budget and optimiser settings (SPEC section 6)."""
+    """Model tier, step budget, optimiser and data recipe (SPEC section 6; defaults from the ablations in
+    docs/ABLATIONS.md: the demo's 2-core budget)."""
 
-    tier: str = "tiny"  # tiny (CI, CPU seconds) | small (~10M, laptop) | base (the study's 85M shape)
-    steps: int = 200  # optimiser steps in this materialization (total, when resuming)
-    batch_size: int = 8  # packed rows per step
-    seq_len: int = 512  # tokens per packed row = the model's context; 1024 (the study's) for small/base
+    tier: str = "tiny"  # tiny (CI, CPU minutes) | small (~10M, laptop) | base (the study's 85M shape)
+    steps: int = 2400  # optimiser steps in this materialization (total, when resuming)
+    batch_size: int = 8  # packed rows per step (small batches: twice the steps in the same CPU time)
+    seq_len: int = 256  # tokens per packed row = the model's context; 1024 (the study's) for small/base
     lr: float = 3e-3  # peak learning rate; tiny models want more than the study's 1e-4 (base)
-    warmup_steps: int = 20
+    warmup_steps: int = 50
     seed: int = 0
     loader_workers: int = 0  # Grain worker processes; 0 = in-process
-    eval_batches: int = 4  # held-out batches for the eval loss
+    eval_batches: int = 8  # held-out batches for the eval losses
+    rtt_loss_weight: float = 4.0  # the RTT bytes count this many times in the objective
+    field_shuffle_share: float = 0.5  # measurements with a random field order; the rest in query order
+    src_remap_share: float = 0.3  # contexts whose sources become unseen hosts in their network
+    short_context_share: float = 0.3  # contexts of 1-8 measurements (cold starts)
     run_name: str = ""  # checkpoint folder under <data root>/checkpoints; default: the tier
     restart: bool = False  # wipe that folder first instead of resuming from it
     init_from: str = ""  # continue from another checkpoint's weights with a fresh schedule
@@ -56,7 +61,13 @@ def trained_model(
         shutil.rmtree(ckpt_dir)
     model_cfg = model_config(config.tier, max_len=config.seq_len)
     loader_cfg = LoaderConfig(
-        seq_len=config.seq_len, batch_size=config.batch_size, seed=config.seed, workers=config.loader_workers
+        seq_len=config.seq_len,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        workers=config.loader_workers,
+        field_shuffle_share=config.field_shuffle_share,
+        src_remap_share=config.src_remap_share,
+        short_context_share=config.short_context_share,
     )
     train_cfg = TrainConfig(
         steps=config.steps,
@@ -67,8 +78,11 @@ def trained_model(
         ckpt_every=max(1, config.steps // 4),
         eval_every=max(1, config.steps // 4),
         init_from=config.init_from or None,
+        rtt_loss_weight=config.rtt_loss_weight,
     )
-    eval_batches = list(iter_eval_batches(layout.records / "heldout_probes", loader_cfg, config.eval_batches))
+    # Held-out probes scored as queries ask: fields in query order, real addresses.
+    scoring = loader_cfg.scoring()
+    eval_batches = list(iter_eval_batches(layout.records / "heldout_probes", scoring, config.eval_batches))
     tracker = MlflowTracker.local(layout.root, experiment="pingllm", run_name=run_name)
     tracker.set_tags({"dagster_run_id": context.run_id, "tier": config.tier})
     try:
@@ -82,7 +96,7 @@ def trained_model(
             progress=context.log.info,
         )
         unigram = unigram_cross_entropy(eval_batches)
-        fit = iter_eval_batches(layout.records / "train", loader_cfg, 4 * config.eval_batches)
+        fit = iter_eval_batches(layout.records / "train", scoring, 4 * config.eval_batches)
         marginal_rtt = rtt_marginal_loss(eval_batches, fit)
         card = model_card.training_section(
             layout.splits / "train.parquet", tier=config.tier, params=result.n_params, steps=result.step,
@@ -108,7 +122,10 @@ def trained_model(
         raise
     final_loss = result.history[-1][1] if result.history else float("nan")
     check_loss = result.eval_loss if result.eval_loss is not None else final_loss
-    passed = bool(math.isfinite(check_loss) and check_loss < unigram)
+    rtt_loss = result.eval_rtt_loss if result.eval_rtt_loss is not None else float("nan")
+    # The bar that matters: a model whose held-out RTT loss is not below one global RTT distribution answers
+    # every query with that distribution, however low its loss on the address and time tokens.
+    passed = bool(math.isfinite(check_loss) and check_loss < unigram and rtt_loss < marginal_rtt)
     return dg.MaterializeResult(
         metadata={
             "checkpoint": dg.MetadataValue.path(str(ckpt_dir)),
@@ -119,8 +136,11 @@ def trained_model(
             "eval_loss": float(check_loss),
             "unigram_loss": float(unigram),
             # RTT tokens only: below the marginal bar the model's RTTs depend on the pair and the context.
-            "eval_rtt_loss": float(result.eval_rtt_loss if result.eval_rtt_loss is not None else "nan"),
+            "eval_rtt_loss": float(rtt_loss),
             "marginal_rtt_loss": float(marginal_rtt),
+            "rtt_loss_below_marginal": round(
+                float(marginal_rtt - rtt_loss), 3
+            ),  # nats; the issue's bar is 0.5
             "tokens_per_s": float(result.tokens_per_s),
             "seconds": round(result.seconds, 1),
             "mlflow_run_id": tracker.run_id,
@@ -131,12 +151,18 @@ def trained_model(
                 check_name=CHECK_LOSS,
                 passed=passed,
                 severity=dg.AssetCheckSeverity.ERROR,
-                metadata={"eval_loss": float(check_loss), "unigram_loss": float(unigram)},
+                metadata={
+                    "eval_rtt_loss": float(rtt_loss),
+                    "marginal_rtt_loss": float(marginal_rtt),
+                    "eval_loss": float(check_loss),
+                    "unigram_loss": float(unigram),
+                },
                 description=None
                 if passed
                 else (
-                    f"held-out loss {check_loss:.3f} is not finite or not below the unigram baseline "
-                    f"{unigram:.3f}: evaluation is blocked until the model beats it"
+                    f"held-out RTT loss {rtt_loss:.3f} vs one global RTT distribution {marginal_rtt:.3f}, held-out "
+                    f"loss {check_loss:.3f} vs unigram {unigram:.3f}: the model must beat both (train longer or "
+                    "use a larger tier); evaluation is blocked until it does"
                 ),
             )
         ],

@@ -98,8 +98,14 @@ def init_states(
     return model_def, opt_def, model_state, opt_state
 
 
-def make_train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
-    """The jitted step ((model_state, opt_state), batch) -> ((model_state, opt_state), metrics); donates state."""
+def make_train_step(
+    model_def: nnx.GraphDef, opt_def: nnx.GraphDef, mesh: jax.sharding.Mesh, rtt_weight: float = 1.0
+) -> Callable:
+    """The jitted step ((model_state, opt_state), batch) -> ((model_state, opt_state), metrics); donates state.
+
+    The objective is the weighted mean NLL with the RTT bytes counted `rtt_weight` times (the other tokens'
+    scale unchanged); the reported "loss" is the plain mean NLL either way, so runs stay comparable.
+    """
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
@@ -110,12 +116,13 @@ def make_train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, mesh: jax.sh
         def loss_fn(model: Transformer):
             logits = model(batch["tokens"], batch["segment_ids"], batch["positions"], deterministic=False)
             sums = xent_sums(logits, batch)
-            return sums["nll"] / jnp.maximum(sums["weight"], 1.0), sums
+            objective = sums["nll"] + (rtt_weight - 1.0) * sums["rtt_nll"]
+            return objective / jnp.maximum(sums["weight"], 1.0), sums
 
-        (loss, sums), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (_, sums), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         opt.update(model, grads)
         metrics = {
-            "loss": loss,
+            "loss": sums["nll"] / jnp.maximum(sums["weight"], 1.0),
             "rtt_loss": sums["rtt_nll"] / jnp.maximum(sums["rtt_weight"], 1.0),
             "weighted_tokens": sums["weight"],
             "grad_norm": optax.global_norm(grads),

@@ -42,6 +42,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio at the end of the cosine decay
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # clip gradients to this global L2 norm
+    rtt_loss_weight: float = 1.0  # the RTT bytes count this many times in the objective
     b1: float = 0.9  # Adam first-moment decay
     b2: float = 0.95  # Adam second-moment decay
     seed: int = 0  # parameter init and dropout seed
@@ -56,6 +57,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"TrainConfig.steps must be positive, got {self.steps}")
+        if self.rtt_loss_weight <= 0:
+            raise ValueError(f"TrainConfig.rtt_loss_weight must be positive, got {self.rtt_loss_weight}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"TrainConfig.lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}"
@@ -160,7 +163,7 @@ def train(
     if resumed_from is not None:
         tracker.set_tags({"resumed_from": str(resumed_from)})  # a tag: MLflow params cannot change value
 
-    train_step = make_train_step(model_def, opt_def, mesh)
+    train_step = make_train_step(model_def, opt_def, mesh, train_cfg.rtt_loss_weight)
     eval_step = make_eval_step(model_def, mesh) if eval_batches else None
     states = (model_state, opt_state)
     history: list[tuple[int, float]] = []

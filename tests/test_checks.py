@@ -37,7 +37,7 @@ def test_checks_exist_where_the_graph_needs_them_and_data_and_loss_gates_block()
     assert set(specs["splits"]) == set(CHECK_NAMES)
     assert {"train_non_empty", "heldout_probes_non_empty", "future_non_empty", "probes_disjoint",
             "future_after_cutoff", "train_before_cutoff"} <= set(specs["splits"])  # fmt: skip
-    assert set(specs["trained_model"]) == {CHECK_LOSS} == {"loss_finite_and_below_unigram"}
+    assert set(specs["trained_model"]) == {CHECK_LOSS} == {"heldout_rtt_loss_below_marginal"}
     for asset, checks in specs.items():
         for name, spec in checks.items():
             assert spec.blocking, f"{asset}.{name} does not block downstream assets"

@@ -25,6 +25,7 @@ from tests.test_records import make_split
 
 SEQ = 64
 BATCHES = synthetic_batches(8, 4, SEQ, seed=0)
+STEPS = 40  # distillation steps of the fixture's student
 TEACHER_CFG = model_config("tiny", max_len=SEQ, dtype="float32")
 STUDENT_CFG = model_config("tiny", max_len=SEQ, dtype="float32", **TEST_STUDENT)
 
@@ -95,7 +96,7 @@ def test_student_config_maps_tiers():
 def distilled(tmp_path_factory):
     teacher = _sharp_teacher()
     ckpt_dir = tmp_path_factory.mktemp("student")
-    result = distill(teacher, TEACHER_CFG, STUDENT_CFG, _make_iter(), steps=20, lr=1e-2, temperature=1.0,
+    result = distill(teacher, TEACHER_CFG, STUDENT_CFG, _make_iter(), steps=STEPS, lr=1e-2, temperature=1.0,
                      alpha=1.0, ckpt_dir=ckpt_dir, warmup_steps=2, eval_batches=BATCHES[:2])  # fmt: skip
     return teacher, result
 
@@ -103,7 +104,7 @@ def distilled(tmp_path_factory):
 def test_distillation_reduces_kl_to_a_fixed_teacher(distilled):
     _, result = distilled
     kl = [h["kl"] for h in result.history]
-    assert [h["step"] for h in result.history] == list(range(1, 21))
+    assert [h["step"] for h in result.history] == list(range(1, STEPS + 1))
     assert kl[0] > 1.0  # the sharp teacher is far from a fresh student
     assert np.mean(kl[-3:]) < 0.75 * kl[0]
     assert result.eval_loss is not None and math.isfinite(result.eval_loss)
@@ -114,14 +115,14 @@ def test_distillation_reduces_kl_to_a_fixed_teacher(distilled):
 def test_saved_student_loads_and_answers_queries(distilled):
     _, result = distilled
     model, cfg, step = load_checkpoint(result.checkpoint)
-    assert (cfg, step) == (STUDENT_CFG, 20)
+    assert (cfg, step) == (STUDENT_CFG, STEPS)
     pred = QueryEngine(model, cfg).predict("193.0.14.129", "8.8.8.8", time=1_700_000_000)
     assert pred.probs.sum() == pytest.approx(1.0, abs=1e-9) and 0.0 < pred.p_fail < 1.0
     again = QueryEngine.load(result.checkpoint).predict("193.0.14.129", "8.8.8.8", time=1_700_000_000)
     assert again.median == pred.median
     # Rerunning with the same step count resumes the finished run instead of training again.
-    rerun = distill(None, None, STUDENT_CFG, _make_iter(), 20, 1e-2, 1.0, 0.0, result.checkpoint)
-    assert rerun.resumed_from == 20 and rerun.history == []
+    rerun = distill(None, None, STUDENT_CFG, _make_iter(), STEPS, 1e-2, 1.0, 0.0, result.checkpoint)
+    assert rerun.resumed_from == STEPS and rerun.history == []
 
 
 def test_scratch_control_is_cross_entropy_only(tmp_path):

@@ -27,7 +27,7 @@ RUN_CONFIG = {
         "measurement_sample": {"config": {"sample_rows": 60_000}},
         "splits": {"config": {"sample_rows": 60_000}},
         "trained_model": {
-            "config": {"steps": 150, "batch_size": 8, "seq_len": 512, "lr": 3e-3, "warmup_steps": 10}
+            "config": {"steps": 400, "warmup_steps": 20}  # the demo's recipe, a sixth of its steps
         },
         "evaluation": {"config": {"rows_per_split": 24, "context_rows": 8, "live_targets": 3}},
         "membership_audit_report": {"config": {"max_probes": 12, "contexts_per_probe": 1}},
@@ -85,8 +85,13 @@ def test_every_asset_is_materialized_with_metadata_in_the_instance(materialized,
             dg.AssetKey("trained_model")
         ).asset_materialization
         assert model_meta.metadata["eval_loss"].value < model_meta.metadata["unigram_loss"].value
-        assert 0 < model_meta.metadata["eval_rtt_loss"].value < 30
-        assert 0 < model_meta.metadata["marginal_rtt_loss"].value < 30
+        # The blocking check's bar: the model's RTTs depend on the pair and the context.
+        assert (
+            0
+            < model_meta.metadata["eval_rtt_loss"].value
+            < model_meta.metadata["marginal_rtt_loss"].value
+            < 30
+        )
         # The evaluation's check reports either way (it never blocks); ERROR severity, so a failure shows red.
         check = check_evaluation(instance)
         assert check.severity == dg.AssetCheckSeverity.ERROR
@@ -168,7 +173,7 @@ def test_mlflow_run_holds_the_losses_the_loss_figure_and_the_evaluation_table(ma
 
 def test_training_progress_reaches_the_run_log(materialized):
     _, _, log = materialized
-    assert "step 150/150" in log and "tok/s" in log
+    assert "step 400/400" in log and "tok/s" in log
 
 
 def test_the_materialize_command_warns_about_nothing_but_its_own_supersession(materialized):

@@ -39,7 +39,7 @@ def test_schedule_is_registered_stopped_monthly_on_the_first():
     assert keys == ALL_ASSETS
     # Every asset check travels with the job, so blocking checks still gate the downstream assets.
     check_keys = {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
-    assert "loss_finite_and_below_unigram" in check_keys and "probes_disjoint" in check_keys
+    assert "heldout_rtt_loss_below_marginal" in check_keys and "probes_disjoint" in check_keys
 
 
 def test_range_tags_are_dagsters_own():

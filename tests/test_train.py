@@ -177,3 +177,33 @@ def test_rtt_loss_counts_exactly_the_rtt_bytes():
     hits = [1 + (toks[0, starts[0] + i] == toks[0, starts[1] + i]) for i in (1, 2)]
     want = -sum(h_ * math.log(p_hit) + (2 - h_) * math.log(p_miss) for h_ in hits) / 4
     assert fitted == pytest.approx(want)
+
+
+def test_rtt_loss_weight_changes_the_update_but_not_the_reported_losses():
+    import jax
+
+    from pingllm_core import tokens as T
+    from pingllm_core.step import init_states, lr_schedule, make_mesh, make_train_step, make_tx, put_batch
+
+    m = T.Measurements.from_strings(np.arange(6) * 60 + 1_700_000_000, ["81.2.69.160"] * 6,
+                                    ["8.8.8.8", "9.9.9.9"] * 3, np.array([12.0, 80.0] * 3))  # fmt: skip
+    toks = T.encode_measurements(m, np.ones(6, bool), np.tile(np.array([0, 1, 3, 2], np.int8), (6, 1)))
+    batch = {"tokens": toks[None], "segment_ids": np.ones((1, len(toks)), np.int32),
+             "positions": np.arange(len(toks), dtype=np.int32)[None]}  # fmt: skip
+    batch["weights"] = (batch["positions"] > 0).astype(np.float32)
+    mesh = make_mesh(1)
+    cfg = model_config("tiny", max_len=128)
+    out = {}
+    for w in (1.0, 5.0):
+        tx = make_tx(lr_schedule(1e-2, 0, 10, 1.0), weight_decay=0.0, grad_clip=1e9, b1=0.9, b2=0.95)
+        md, od, ms, os_ = init_states(cfg, tx, 0, mesh)
+        (ms, _), metrics = make_train_step(md, od, mesh, rtt_weight=w)((ms, os_), put_batch(batch, mesh))
+        out[w] = (jax.device_get(metrics), ms)
+    (m1, s1), (m5, s5) = out[1.0], out[5.0]
+    assert abs(float(m1["loss"]) - float(m5["loss"])) < 1e-6  # reported: the plain mean NLL both times
+    assert abs(float(m1["rtt_loss"]) - float(m5["rtt_loss"])) < 1e-6
+    from flax import nnx
+
+    p1, p5 = (jax.tree.leaves(nnx.State(s).filter(nnx.Param)) for s in (s1, s5))
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(p1, p5, strict=True)) > 0
+    # ... but the objective, so the update, differs
