@@ -97,15 +97,28 @@ def rtt_marginal_loss(
     return float(-(ev * logp).sum() / ev.sum())
 
 
+def context_rows(df: pd.DataFrame, row: int, k: int) -> pd.DataFrame:
+    """Up to k measurements of the same source just before row `row` (df sorted by src, time)."""
+    src, t = df.src_addr.iat[row], df.time.iat[row]
+    prev = df.iloc[max(0, row - 4 * k) : row]
+    return prev[(prev.src_addr == src) & (prev.time < t)].tail(k)
+
+
+def context_last_seen(df: pd.DataFrame, row: int, k: int, fallback: float) -> float:
+    """The history baseline given the same context as the model: the last successful RTT of row `row`'s pair
+    among its k context measurements, else `fallback` (the baseline's prediction from train)."""
+    prev = context_rows(df, row, k) if k > 0 else df.iloc[:0]
+    hit = prev[(prev.dst_addr == df.dst_addr.iat[row]) & (prev.rtt > 0)]
+    return float(hit.rtt.iat[-1]) if len(hit) else float(fallback)
+
+
 def context_before(df: pd.DataFrame, row: int, k: int, timed: bool = True):
-    """Up to k measurements of the same source just before row `row` (df sorted by src, time); None if none."""
+    """`context_rows` as query measurements (timestamped when `timed`); None if there are none."""
     from pingllm_core.query import make_measurements
 
     if k <= 0:
         return None
-    src, t = df.src_addr.iat[row], df.time.iat[row]
-    prev = df.iloc[max(0, row - 4 * k) : row]
-    prev = prev[(prev.src_addr == src) & (prev.time < t)].tail(k)
+    prev = context_rows(df, row, k)
     if prev.empty:
         return None
     times = prev.time.to_numpy() if timed else np.full(len(prev), -1)
@@ -164,6 +177,8 @@ def _summarise(
     out["model"] = M.point_metrics(scored["median"].to_numpy()[ok], true[ok])
     for name, p in rtt_preds.items():
         out[name] = M.point_metrics(p[ok], true[ok])
+        # A point forecast is a distribution with all its mass on one value: its CRPS is its absolute error.
+        out[name]["crps"] = out[name]["mae"]
     good = scored[ok]
     if len(good):
         out["model"].update(
@@ -245,7 +260,7 @@ def evaluate(
     scored_all = pd.concat(all_scored) if all_scored else pd.DataFrame()
     if "pit" in scored_all:
         figures.append(F.fig_calibration(scored_all.pit.dropna().to_numpy(), fig_dir / "calibration_pit.png"))
-    figures += _context_curve(engine, splits["heldout_probes"], cfg, rng, metrics, fig_dir, say)
+    figures += _context_curve(engine, splits, baselines["source_last_seen"], cfg, rng, metrics, fig_dir, say)
     figures += _timestamp_figure(engine, splits["heldout_probes"], cfg, rng, metrics, fig_dir)
     metrics["pair_kl"] = {n: _pair_kl(engine, df, cfg) for n, df in splits.items() if len(df)}
     figures += _live_grid(engine, splits, cfg, truth, metrics, fig_dir)
@@ -260,22 +275,36 @@ def _jsonable(x):
     return x.item() if isinstance(x, np.generic) else str(x)
 
 
-def _context_curve(engine, df, cfg, rng, metrics, fig_dir, say) -> list[Path]:
-    """Median relative error of the model against the number of the probe's own recent measurements."""
-    ok = np.flatnonzero(df.rtt.to_numpy() > 0) if len(df) else np.zeros(0, int)
-    rows = ok[_pick(len(ok), cfg.context_rows, rng)] if len(ok) else ok
-    if not len(rows):
+def _context_curve(engine, splits, history, cfg, rng, metrics, fig_dir, say) -> list[Path]:
+    """Median relative error against the number of the probe's own measurements just before each row, for the
+    model and for the history baseline (`history`: source_last_seen, fitted on train) given the same ones."""
+    curves: dict[str, list[float]] = {}
+    for name in ("heldout_probes", "future"):
+        df = splits.get(name)
+        ok = np.flatnonzero(df.rtt.to_numpy() > 0) if df is not None and len(df) else np.zeros(0, int)
+        rows = ok[_pick(len(ok), cfg.context_rows, rng)] if len(ok) else ok
+        if not len(rows):
+            continue
+        true = df.rtt.to_numpy()[rows]
+        src, dst, tt = (df[c].to_numpy()[rows] for c in ("src_addr", "dst_addr", "time"))
+        train_pred = history.predict(src, dst, tt)
+        for k in cfg.context_sizes:
+            scored = _model_rows(engine, df, rows, k)
+            base = [context_last_seen(df, int(r), k, p) for r, p in zip(rows, train_pred, strict=True)]
+            model_err = M.point_metrics(scored["median"].to_numpy(), true)["rel_p50"]
+            base_err = M.point_metrics(np.array(base), true)["rel_p50"]
+            metrics["context"][f"{name}/k{k}"] = {
+                "model": model_err, history.name: base_err, "rows": int(len(rows)),
+                "mean_context_used": float(scored.context.mean()),
+            }  # fmt: skip
+            curves.setdefault(f"model, {name}", []).append(model_err)
+            curves.setdefault(f"{history.name} + same context, {name}", []).append(base_err)
+            say(
+                f"{name}, context {k}: median relative error {model_err:.3f} ({history.name}: {base_err:.3f})"
+            )
+    if not curves:
         return []
-    curve = []
-    for k in cfg.context_sizes:
-        scored = _model_rows(engine, df, rows, k)
-        pm = M.point_metrics(scored["median"].to_numpy(), df.rtt.to_numpy()[rows])
-        metrics["context"][str(k)] = {**pm, "mean_context_used": float(scored.context.mean())}
-        curve.append(pm["rel_p50"])
-        say(f"context {k}: median relative error {pm['rel_p50']:.3f}")
-    return [
-        F.fig_error_vs_context(list(cfg.context_sizes), {"model": curve}, fig_dir / "error_vs_context.png")
-    ]
+    return [F.fig_error_vs_context(list(cfg.context_sizes), curves, fig_dir / "error_vs_context.png")]
 
 
 def _timestamp_figure(engine, df, cfg, rng, metrics, fig_dir) -> list[Path]:

@@ -71,6 +71,14 @@ def fig_timestamp_logprob(logp_with_ts: np.ndarray, logp_without_ts: np.ndarray,
     return _save(fig, path)
 
 
+def bin_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Share of the positive `values` in each bin (sums to 1): what the live grid plots. Not a density per ms,
+    under which a sliver of mass in a narrow low log-spaced bin would tower over the real peak."""
+    x = np.asarray(values, np.float64)
+    counts, _ = np.histogram(x[x > 0], edges)
+    return counts / max(counts.sum(), 1)
+
+
 def fig_live_grid(
     targets: list[tuple[str, np.ndarray, np.ndarray]], kls: list[float], path: str | Path, bins: int = 50
 ) -> Path:
@@ -86,12 +94,12 @@ def fig_live_grid(
     for ax, (label, real, model), kl in zip(axes.ravel(), targets, kls, strict=False):
         real, model = np.asarray(real, np.float64), np.asarray(model, np.float64)
         edges = _log_edges([real, model], bins)
-        ax.hist(real[real > 0], edges, density=True, alpha=0.55, label="real (live)")
-        ax.hist(model[model > 0], edges, density=True, alpha=0.55, label="model")
+        for x, name in ((real, "real (live)"), (model, "model")):
+            ax.stairs(bin_shares(x, edges), edges, fill=True, alpha=0.55, label=name)
         _log_x(ax)
         ax.set_title(f"{label}\nKL = {kl:.3f} nats", fontsize=9)
         ax.set_xlabel("RTT [ms]")
-        ax.set_ylabel("density")
+        ax.set_ylabel("share of samples per bin")
         ax.legend(fontsize=7)
     fig.suptitle("Live ping distributions: real vs model")
     return _save(fig, path)

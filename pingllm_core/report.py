@@ -91,7 +91,11 @@ def report_markdown(metrics: Mapping, figures: Sequence[Path], config: Mapping[s
     lines = ["# pingllm evaluation", "",
              "Median relative RTT error, abs(predicted - true) / true, per split (lower is better; "
              f"`{ORACLE}` is the synthetic internet's truth, a floor):", "",
-             markdown_table(table), f"Rows: {sizes}.", ""]  # fmt: skip
+             markdown_table(table), f"Rows: {sizes}.", "",
+             "These rows are cold: the model is asked with no context measurements, and every baseline answers "
+             "from what it fitted on the train split. In the `context` table below, the model and "
+             "`source_last_seen` get the same k measurements of the probe just before each row (the baseline "
+             "uses the last one to the same destination, else its train answer).", ""]  # fmt: skip
     if figures:
         lines += ["## Figures", ""]
     for p in figures:

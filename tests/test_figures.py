@@ -39,6 +39,18 @@ def test_live_grid_figure_with_partial_last_row(tmp_path, rng):
     _assert_real_png(figures.fig_live_grid(targets, [0.1, 0.2, 0.3, 0.4], tmp_path / "grid.png"))
 
 
+def test_live_grid_plots_the_share_of_samples_per_bin_not_a_density():
+    # 1% of the mass at 0.01 ms in a narrow log bin, 99% spread around 100 ms: as a density per ms the sliver
+    # would be the tallest bar by far; as a share it is 0.01.
+    real = np.concatenate([np.full(10, 0.01), np.linspace(80, 120, 990)])
+    edges = figures._log_edges([real], 50)
+    shares = figures.bin_shares(real, edges)
+    assert abs(shares.sum() - 1) < 1e-12
+    assert abs(shares[0] - 0.01) < 1e-12 and shares.max() > 0.05
+    dens, _ = np.histogram(real, edges, density=True)
+    assert dens.argmax() == 0  # what the figure used to show
+
+
 def test_live_grid_rejects_mismatched_kl_list(tmp_path, rng):
     with pytest.raises(ValueError):
         figures.fig_live_grid([("x", np.ones(3), np.ones(3))], [], tmp_path / "bad.png")
