@@ -73,6 +73,9 @@ class SynthConfig:
     nat_share: float = 0.7  # share of home and mobile probes behind NAT (private src_addr)
     route_change_rate: float = 0.15  # share of route epochs (2-24 h each, per pair) on an inflated detour
     error_rate: float = 0.002  # share of IPv6 results that are a send error instead of packets
+    # Share of series to anchors and probes that begin somewhere inside the window instead of at its start:
+    # pairs that appear late (after the train cutoff, they are the future split's unseen pairs).
+    late_series_share: float = 0.25
     min_city_population: int = 300_000  # probes live in real cities at least this big (geonames)
 
     def __post_init__(self) -> None:
@@ -92,6 +95,7 @@ class SynthConfig:
             "0 <= nat_share <= 1": 0.0 <= self.nat_share <= 1.0,
             "0 <= route_change_rate <= 1": 0.0 <= self.route_change_rate <= 1.0,
             "0 <= error_rate < 1": 0.0 <= self.error_rate < 1.0,
+            "0 <= late_series_share <= 1": 0.0 <= self.late_series_share <= 1.0,
             "min_city_population >= 15000": self.min_city_population >= 15000,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -297,6 +301,8 @@ class SyntheticInternet:
         ser = np.repeat(np.arange(len(w.s_src)), count)
         first = np.cumsum(count) - count
         t = w.s_phase[ser] + (k0[ser] + np.arange(len(ser)) - first[ser]) * step
+        live = t >= w.s_start[ser]  # series that have not begun yet send nothing
+        ser, t = ser[live], t[live]
         order = np.lexsort((ser, t))
         ser, t = ser[order], t[order]
         src, dst, af = w.s_src[ser], w.s_dst[ser], w.s_af[ser]

@@ -93,6 +93,7 @@ class World:
     s_size: np.ndarray  # int16 payload bytes (48 anchor mesh, 32 built-ins, 64 probe mesh)
     s_ttl: np.ndarray  # int16 reply TTL seen at the source
     s_dst_name: np.ndarray  # str, the name the measurement was defined with
+    s_start: np.ndarray | None = None  # int64 unix seconds the series begins (0: runs from the start)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The fields as a name -> array dict (for np.savez)."""
@@ -101,7 +102,11 @@ class World:
     @classmethod
     def from_arrays(cls, arrays: Any) -> World:
         """Rebuild from a mapping of arrays (an NpzFile or dict)."""
-        return cls(**{f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls)})
+        names = [f.name for f in dataclasses.fields(cls)]
+        world = cls(**{k: np.asarray(arrays[k]) for k in names if k in arrays})  # older files: no s_start
+        if world.s_start is None:
+            world.s_start = np.zeros(len(world.s_src), np.int64)
+        return world
 
 
 def load_cities(min_population: int) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -216,6 +221,7 @@ def build_world(cfg: Any) -> World:
     diurnal = np.array([6.0, 20.0, 0.3, 1.5])[node_kind] * rng.uniform(0.5, 1.5, n)
     loss_f = np.array([1.5, 3.0, 0.4, 0.7])[node_kind] * rng.uniform(0.5, 1.5, n)
     series = _series(rng, cfg, role, v6, lat, lon, ip4, ip6, city_i, cities, plan["asns"][as_idx])
+    series["s_start"] = _late_starts(cfg, role[series["s_dst"]])
     return World(
         role=role, prb_id=prb_id, as_idx=as_idx,
         city=np.array([cities[c]["name"] for c in city_i], dtype=str),
@@ -306,6 +312,17 @@ def _series(rng, cfg, role, v6, lat, lon, ip4, ip6, city_i, cities, asn) -> dict
         "s_src": s_src, "s_dst": s_dst, "s_af": s_af, "s_phase": phase, "s_msm": msm,
         "s_size": size, "s_ttl": ttl, "s_dst_name": np.array(names, dtype=str),
     }  # fmt: skip
+
+
+def _late_starts(cfg: Any, dst_role: np.ndarray) -> np.ndarray:
+    """When each series begins: a share `late_series_share` of those to anchors and probes start at a uniform
+    time inside the window (new measurements, as users keep creating them), the rest run from the start.
+    Drawn from a generator of their own, so the rest of the world does not change with the share."""
+    rng = np.random.default_rng([cfg.seed, 0x1A7E])
+    t0 = int(dt.datetime.combine(dt.date.fromisoformat(cfg.start_day), dt.time(), dt.UTC).timestamp())
+    late = (rng.random(len(dst_role)) < cfg.late_series_share) & (dst_role != ROLE_POPULAR)
+    start = t0 + (rng.random(len(dst_role)) * cfg.days * 86400).astype(np.int64)
+    return np.where(late, start, 0).astype(np.int64)
 
 
 def kind_name(codes: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from pingllm_core.synth import FIBRE_KM_PER_MS, SynthConfig, SyntheticInternet
-from pingllm_core.synth_geo import RESIDENTIAL, great_circle_km
+from pingllm_core.synth_geo import RESIDENTIAL, ROLE_POPULAR, great_circle_km
 
 SMALL = SynthConfig(
     seed=7,
@@ -49,6 +49,21 @@ def _is_public(addr: str) -> bool:
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
+def test_late_series_send_nothing_before_they_begin_and_skip_popular_targets(net: SyntheticInternet) -> None:
+    w = net.world
+    late = np.flatnonzero(w.s_start > 0)
+    assert len(late) and not (w.role[w.s_dst[late]] == ROLE_POPULAR).any()
+    t0 = int(dt.datetime(2024, 3, 4, tzinfo=dt.UTC).timestamp())
+    assert ((w.s_start[late] >= t0) & (w.s_start[late] < t0 + SMALL.days * 86400)).all()
+    day = dt.date(2024, 3, 4)
+    for hour in (0, 12):
+        h0 = t0 + hour * 3600
+        for line in net.hour_results(day, hour):
+            r = orjson.loads(line)
+            i = np.flatnonzero((w.prb_id[w.s_src] == r["prb_id"]) & (w.s_msm == r["msm_id"]))
+            assert r["timestamp"] >= w.s_start[i].min() and h0 <= r["timestamp"] < h0 + 3600
+
+
 def test_write_hour_uses_the_ripe_dump_path_and_no_temp_files_remain(
     net: SyntheticInternet, tmp_path: Path
 ) -> None:
@@ -59,8 +74,11 @@ def test_write_hour_uses_the_ripe_dump_path_and_no_temp_files_remain(
 
 def test_hour_file_is_bz2_ndjson_of_ripe_ping_results(net: SyntheticInternet, hour_lines: list[dict]) -> None:
     start = int(dt.datetime(2024, 3, 4, 18, tzinfo=dt.UTC).timestamp())
-    n_series = len(net.world.s_src)
-    assert len(hour_lines) == n_series * 3600 // SMALL.interval_s  # every series reports each 240 s
+    w, step = net.world, SMALL.interval_s
+    # every series that has begun reports each 240 s (late series start inside the window)
+    slots = start + (w.s_phase[:, None] - start) % step + step * np.arange(3600 // step)[None, :]
+    assert len(hour_lines) == int((slots >= w.s_start[:, None]).sum())
+    assert (w.s_start > start).any() and (w.s_start == 0).mean() > 0.5
     for r in hour_lines:
         assert RIPE_KEYS <= r.keys()
         assert r["type"] == "ping" and r["proto"] == "ICMP" and r["step"] == 240
@@ -302,8 +320,9 @@ def test_config_validation_and_day_window() -> None:
 
 def test_interval_not_dividing_the_hour_keeps_each_series_on_its_own_grid(tmp_path: Path) -> None:
     cfg = SynthConfig(
-        seed=2, n_probes=10, n_anchors=2, n_popular=1, n_ases=4, targets_per_probe=2, interval_s=700
-    )
+        seed=2, n_probes=10, n_anchors=2, n_popular=1, n_ases=4, targets_per_probe=2, interval_s=700,
+        late_series_share=0.0,  # every series runs from the start
+    )  # fmt: skip
     net = SyntheticInternet.build(cfg)
     day = dt.date.fromisoformat(cfg.start_day)
     lines = _read(net.write_hour(tmp_path, day, 0)) + _read(net.write_hour(tmp_path, day, 1))
