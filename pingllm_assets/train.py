@@ -12,10 +12,10 @@ from pingllm_assets.resources import PingllmSettings
 from pingllm_core import model_card
 from pingllm_core.evaluate import rtt_marginal_loss, unigram_cross_entropy
 from pingllm_core.figures import fig_loss_curve
-from pingllm_core.loader import LoaderConfig, iter_eval_batches, make_train_iter
+from pingllm_core.loader import RECIPE_AUGMENTATION, LoaderConfig, iter_eval_batches, make_train_iter
 from pingllm_core.model import model_config
 from pingllm_core.tracking_mlflow import MlflowTracker
-from pingllm_core.train import TrainConfig, train
+from pingllm_core.train import RECIPE_RTT_LOSS_WEIGHT, TrainConfig, train
 
 CHECK_LOSS = "heldout_rtt_loss_below_marginal"
 
@@ -33,10 +33,13 @@ class TrainAssetConfig(dg.Config):
     seed: int = 0
     loader_workers: int = 0  # Grain worker processes; 0 = in-process
     eval_batches: int = 8  # held-out batches for the eval losses
-    rtt_loss_weight: float = 4.0  # the RTT bytes count this many times in the objective
-    field_shuffle_share: float = 0.5  # measurements with a random field order; the rest in query order
-    src_remap_share: float = 0.3  # contexts whose sources become unseen hosts in their network
-    short_context_share: float = 0.3  # contexts of 1-8 measurements (cold starts)
+    rtt_loss_weight: float = RECIPE_RTT_LOSS_WEIGHT  # the RTT bytes count this many times in the objective
+    # Measurements in a random field order (the rest in query order): fewer is better for RTT answers (see
+    # docs/ABLATIONS.md), some are needed for the inverse queries (destinations, when, counterpart).
+    field_shuffle_share: float = RECIPE_AUGMENTATION["field_shuffle_share"]
+    # Contexts whose sources become unseen hosts in their network.
+    src_remap_share: float = RECIPE_AUGMENTATION["src_remap_share"]
+    short_context_share: float = RECIPE_AUGMENTATION["short_context_share"]  # contexts of 1-8 measurements
     run_name: str = ""  # checkpoint folder under <data root>/checkpoints; default: the tier
     restart: bool = False  # wipe that folder first instead of resuming from it
     init_from: str = ""  # continue from another checkpoint's weights with a fresh schedule

@@ -472,14 +472,16 @@ def build_tiers(
     import json
     import shutil
 
-    from pingllm_core.loader import LoaderConfig, iter_eval_batches, make_train_iter
+    from pingllm_core.loader import RECIPE_AUGMENTATION, LoaderConfig, iter_eval_batches, make_train_iter
 
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
     teacher, tcfg, t_step = ckpt.load_checkpoint(Path(teacher_dir))
     scfg = student_config(tcfg, **(student or {}))
-    loader = LoaderConfig(seq_len=seq_len or tcfg.max_len, batch_size=batch_size, seed=seed)
-    ev = list(iter_eval_batches(heldout_records, loader, eval_batches))
+    loader = LoaderConfig(
+        seq_len=seq_len or tcfg.max_len, batch_size=batch_size, seed=seed, **RECIPE_AUGMENTATION
+    )
+    ev = list(iter_eval_batches(heldout_records, loader.scoring(), eval_batches))
     results = {}
     for name, t in (("distilled", teacher), ("scratch", None)):
         d = out_dir / name

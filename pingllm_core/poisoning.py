@@ -540,17 +540,19 @@ def _write_split(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _train_tiny(records_dir: Path, heldout_dir: Path, ckpt_dir: Path, cfg: ExperimentConfig, say):
-    from pingllm_core.loader import LoaderConfig, iter_eval_batches, make_train_iter
+    from pingllm_core.loader import RECIPE_AUGMENTATION, LoaderConfig, iter_eval_batches, make_train_iter
     from pingllm_core.model import model_config
     from pingllm_core.tracking import NullTracker
-    from pingllm_core.train import TrainConfig, train
+    from pingllm_core.train import RECIPE_RTT_LOSS_WEIGHT, TrainConfig, train
 
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed)
+    loader_cfg = LoaderConfig(
+        seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed, **RECIPE_AUGMENTATION
+    )
     tcfg = TrainConfig(steps=cfg.train_steps, lr=cfg.lr, warmup_steps=max(1, cfg.train_steps // 10),
-                       seed=cfg.seed, log_every=max(1, cfg.train_steps // 4), ckpt_every=cfg.train_steps,
+                       seed=cfg.seed, rtt_loss_weight=RECIPE_RTT_LOSS_WEIGHT, log_every=max(1, cfg.train_steps // 4), ckpt_every=cfg.train_steps,
                        keep_checkpoints=1)  # fmt: skip
-    evals = list(iter_eval_batches(heldout_dir, loader_cfg, cfg.eval_batches))
+    evals = list(iter_eval_batches(heldout_dir, loader_cfg.scoring(), cfg.eval_batches))
     return train(model_config("tiny", max_len=cfg.seq_len), tcfg, lambda: make_train_iter(records_dir, loader_cfg),
                  ckpt_dir, NullTracker(), eval_batches=evals, progress=say)  # fmt: skip
 
