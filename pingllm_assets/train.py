@@ -10,7 +10,8 @@ from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.records import probe_records
 from pingllm_assets.resources import PingllmSettings
 from pingllm_core import model_card
-from pingllm_core.evaluate import rtt_marginal_loss, unigram_cross_entropy
+from pingllm_core.checkpoint import load_checkpoint
+from pingllm_core.evaluate import rtt_byte_losses, rtt_marginal_loss, unigram_cross_entropy
 from pingllm_core.figures import fig_loss_curve
 from pingllm_core.loader import RECIPE_AUGMENTATION, LoaderConfig, iter_eval_batches, make_train_iter
 from pingllm_core.model import model_config
@@ -99,8 +100,9 @@ def trained_model(
             progress=context.log.info,
         )
         unigram = unigram_cross_entropy(eval_batches)
-        fit = iter_eval_batches(layout.records / "train", scoring, 4 * config.eval_batches)
+        fit = list(iter_eval_batches(layout.records / "train", scoring, 4 * config.eval_batches))
         marginal_rtt = rtt_marginal_loss(eval_batches, fit)
+        by_byte = rtt_byte_losses(load_checkpoint(ckpt_dir)[0], eval_batches, fit)
         card = model_card.training_section(
             layout.splits / "train.parquet", tier=config.tier, params=result.n_params, steps=result.step,
             eval_rtt_loss=result.eval_rtt_loss, marginal_rtt_loss=marginal_rtt,
@@ -117,7 +119,9 @@ def trained_model(
             },
         )
         tracker.log_artifact(curve)
-        tracker.log_metrics({"unigram_loss": unigram, "marginal_rtt_loss": marginal_rtt}, step=result.step)
+        tracker.log_metrics(
+            {"unigram_loss": unigram, "marginal_rtt_loss": marginal_rtt, **by_byte}, step=result.step
+        )
         (ckpt_dir / "mlflow_run_id.txt").write_text(tracker.run_id)
         tracker.finish()
     except BaseException:
@@ -141,9 +145,9 @@ def trained_model(
             # RTT tokens only: below the marginal bar the model's RTTs depend on the pair and the context.
             "eval_rtt_loss": float(rtt_loss),
             "marginal_rtt_loss": float(marginal_rtt),
-            "rtt_loss_below_marginal": round(
-                float(marginal_rtt - rtt_loss), 3
-            ),  # nats; the bar is 0.5
+            "rtt_loss_below_marginal": round(float(marginal_rtt - rtt_loss), 3),  # nats per RTT byte
+            # Byte 1 (the RTT's band of 6-12%) carries what the model knows; byte 2 is near-uniform jitter.
+            **{k: round(v, 3) for k, v in by_byte.items()},
             "tokens_per_s": float(result.tokens_per_s),
             "seconds": round(result.seconds, 1),
             "mlflow_run_id": tracker.run_id,

@@ -207,3 +207,31 @@ def test_rtt_loss_weight_changes_the_update_but_not_the_reported_losses():
     p1, p5 = (jax.tree.leaves(nnx.State(s).filter(nnx.Param)) for s in (s1, s5))
     assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(p1, p5, strict=True)) > 0
     # ... but the objective, so the update, differs
+
+
+def test_rtt_byte_losses_split_the_rtt_loss_into_its_two_bytes():
+    import jax.numpy as jnp
+
+    from pingllm_core import tokens as T
+    from pingllm_core.evaluate import rtt_byte_losses, rtt_marginal_loss
+    from pingllm_core.query_context import FIELD_ORDER, make_measurements
+
+    m = make_measurements([1_700_000_000 + 60 * i for i in range(4)], ["192.0.2.1"] * 4,
+                          ["198.51.100.7"] * 4, [12.5, 13.0, 250.0, 12.6])  # fmt: skip
+    toks = T.encode_measurements(m, np.ones(4, bool), np.tile(np.array(FIELD_ORDER, np.int8), (4, 1)))
+    n = len(toks)
+    batch = {"tokens": toks[None].astype(np.int32), "weights": np.ones((1, n), np.float32),
+             "segment_ids": np.ones((1, n), np.int32), "positions": np.arange(n, dtype=np.int32)[None]}  # fmt: skip
+
+    def uniform(tokens, segment_ids, positions, deterministic):
+        return jnp.zeros((*tokens.shape, T.VOCAB_SIZE))
+
+    got = rtt_byte_losses(uniform, [batch], [batch], smoothing=0.0)
+    assert got["rtt_byte1_loss"] == pytest.approx(math.log(T.VOCAB_SIZE))
+    assert got["rtt_byte2_loss"] == pytest.approx(math.log(T.VOCAB_SIZE))
+    # Byte 1 of 12.5, 12.6 and 13.0 ms is the same band: its entropy is that of {3 x band, 1 x 250 ms}.
+    h1 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert got["marginal_rtt_byte1_loss"] == pytest.approx(h1)
+    assert got["marginal_rtt_byte2_loss"] > got["marginal_rtt_byte1_loss"]  # four different low bytes
+    mean = (got["marginal_rtt_byte1_loss"] + got["marginal_rtt_byte2_loss"]) / 2
+    assert mean == pytest.approx(rtt_marginal_loss([batch], [batch], smoothing=0.0))
