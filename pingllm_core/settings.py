@@ -30,7 +30,7 @@ class ProjectSettings:
     end_day: str = "2024-07-02"  # last daily partition, inclusive
     ripe_base_url: str = RIPE_BASE_URL  # <base>/<YYYY-MM-DD>/ping-<YYYY-MM-DD>T<HH>00.bz2
     synth_seed: int = 0  # seed of the synthetic internet
-    synth_probes: int = 120  # probes in the synthetic internet (demo size on 2 cores)
+    synth_probes: int = 240  # probes in the synthetic internet (fewer overfit the demo: docs/ABLATIONS.md)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
