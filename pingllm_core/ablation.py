@@ -219,6 +219,10 @@ def _figure(results: list[dict], path: Path) -> Path:
     return path
 
 
+def _with_steps(v: Variant, steps: int) -> Variant:
+    return dataclasses.replace(v, train=v.train | {"steps": steps, "eval_every": steps})
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the named variants (all by default) and write results.json, table.md and ablation.png."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     p.add_argument("--rows", type=int, default=100, help="scored rows per split")
     p.add_argument("--fresh", action="store_true", help="drop the results already in --out")
+    p.add_argument("--steps", type=int, default=0, help="override every variant's steps (a quick smoke run)")
     args = p.parse_args(argv)
     names = args.variants.split(",")
     for name in names:
@@ -243,8 +248,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if (args.out / "results.json").exists() and not args.fresh:
         done = {r["variant"]: r for r in json.loads((args.out / "results.json").read_text())["results"]}
     for name in names:
-        base = None if name == REFERENCE.name else REFERENCE
-        done[name] = run_variant(VARIANTS[name], args.data_root, rows, base)
+        variant, base = VARIANTS[name], (None if name == REFERENCE.name else REFERENCE)
+        if args.steps:
+            variant, base = (_with_steps(v, args.steps) if v is not None else None for v in (variant, base))
+        done[name] = run_variant(variant, args.data_root, rows, base)
         print(json.dumps(done[name]), flush=True)
         results = [done[n] for n in VARIANTS if n in done]
         (args.out / "results.json").write_text(
