@@ -15,7 +15,7 @@ mlflow-ui: PORT ?= 5000
 # The data root as the project settings see it (the PINGLLM_CONFIG file, PINGLLM_DATA_ROOT, else var/).
 DATA_ROOT = $(shell $(BIN)/python -c 'from pingllm_core.settings import load_settings; print(load_settings().data_root)')
 
-# The laptop recipe: a week of a larger synthetic internet, the tiny tier trained ~20 minutes (docs/ABLATIONS.md).
+# The laptop recipe: a week of the synthetic internet, the tiny tier trained ~25 minutes (docs/ABLATIONS.md).
 LAPTOP_ROOT ?= $(CURDIR)/var/laptop
 LAPTOP_RANGE ?= 2024-07-01...2024-07-07
 
@@ -45,15 +45,18 @@ demo: install
 	@echo "Done. Outputs under var/, the DuckDB catalog in var/pingllm.duckdb; run history: make dev"
 
 laptop: install
-	PINGLLM_DATA_ROOT=$(LAPTOP_ROOT) PINGLLM_END_DAY=$(lastword $(subst ..., ,$(LAPTOP_RANGE))) PINGLLM_SYNTH_PROBES=240 \
+	mkdir -p $(LAPTOP_ROOT)/dagster_home && ln -sf $(CURDIR)/dagster_instance.yaml $(LAPTOP_ROOT)/dagster_home/dagster.yaml
+	DAGSTER_HOME=$(LAPTOP_ROOT)/dagster_home PINGLLM_DATA_ROOT=$(LAPTOP_ROOT) PINGLLM_END_DAY=$(lastword $(subst ..., ,$(LAPTOP_RANGE))) \
 		$(BIN)/dg launch --assets 'group:data or group:model' --partition-range $(LAPTOP_RANGE) \
 		--config pingllm_assets/recipes/laptop.yaml
 	@echo "Done. Outputs under $(LAPTOP_ROOT); the evaluation in $(LAPTOP_ROOT)/evaluation/report.md"
 
 ripe-sample: install
+	mkdir -p $(RIPE_SAMPLE_ROOT)/dagster_home
+	ln -sf $(CURDIR)/dagster_instance.yaml $(RIPE_SAMPLE_ROOT)/dagster_home/dagster.yaml
 	$(BIN)/python -m http.server $(RIPE_SAMPLE_PORT) --bind 127.0.0.1 --directory tests/data/ripe-public/v6-first \
 		>/dev/null 2>&1 & server=$$!; trap "kill $$server" EXIT; sleep 1; \
-	PINGLLM_SOURCE=ripe PINGLLM_DATA_ROOT=$(RIPE_SAMPLE_ROOT) PINGLLM_START_DAY=2019-04-24 PINGLLM_END_DAY=2019-04-24 \
+	DAGSTER_HOME=$(RIPE_SAMPLE_ROOT)/dagster_home PINGLLM_SOURCE=ripe PINGLLM_DATA_ROOT=$(RIPE_SAMPLE_ROOT) PINGLLM_START_DAY=2019-04-24 PINGLLM_END_DAY=2019-04-24 \
 	PINGLLM_RIPE_BASE_URL=http://127.0.0.1:$(RIPE_SAMPLE_PORT) \
 		$(BIN)/dg launch --assets 'group:data or group:model' --partition-range 2019-04-24...2019-04-24 \
 		--config pingllm_assets/recipes/ripe_sample.yaml
