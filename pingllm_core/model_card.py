@@ -99,9 +99,9 @@ def training_section(
     marginal_rtt_loss: float | None, examples: int = EXAMPLES_PER_FAMILY,
 ) -> dict:  # fmt: skip
     """The `training` section from the train split (measurement schema) and the run's numbers."""
-    import duckdb
+    from pingllm_core import db  # DuckDB only here: `pingllm info` reads the card without it
 
-    con = duckdb.connect()
+    con = db.connect()
     src = f"read_parquet('{Path(train_parquet).as_posix()}')"
     ((rows, v6, first, last, probes, sources),) = con.execute(
         f"SELECT count(*), count(*) FILTER (WHERE ip_version = 6), epoch(min(event_time))::BIGINT, "

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pingllm_core import db
 from pingllm_core.bz2_lines import (
     Block,
     Bz2Lines,
@@ -480,7 +481,7 @@ def _col(table: pa.Table, name: str, arrow: bool = False) -> np.ndarray | pa.Arr
 
 def _connect() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB on one thread: files are parallel across processes instead."""
-    con = duckdb.connect(config={"threads": 1, "preserve_insertion_order": True})
+    con = db.connect(threads=1, config={"preserve_insertion_order": True})
     con.execute(_SETUP_SQL)
     con.execute('CREATE TEMP TABLE addrs (addr VARCHAR, ver TINYINT, "glob" BOOLEAN, canon VARCHAR)')
     return con
