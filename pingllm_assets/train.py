@@ -31,6 +31,7 @@ class TrainAssetConfig(dg.Config):
     seq_len: int = 256  # tokens per packed row = the model's context; 1024 (the study's) for small/base
     lr: float = 3e-3  # peak learning rate; tiny models want more than the study's 1e-4 (base)
     warmup_steps: int = 50
+    dropout: float = -1.0  # -1: the tier's own; long runs want some (it keeps unseen probes' answers honest)
     seed: int = 0
     loader_workers: int = 0  # Grain worker processes; 0 = in-process
     eval_batches: int = 8  # held-out batches for the eval losses
@@ -63,7 +64,8 @@ def trained_model(
     ckpt_dir = layout.checkpoints / run_name
     if config.restart and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
-    model_cfg = model_config(config.tier, max_len=config.seq_len)
+    overrides = {"dropout": config.dropout} if config.dropout >= 0 else {}
+    model_cfg = model_config(config.tier, max_len=config.seq_len, **overrides)
     loader_cfg = LoaderConfig(
         seq_len=config.seq_len,
         batch_size=config.batch_size,
@@ -146,7 +148,7 @@ def trained_model(
             "eval_rtt_loss": float(rtt_loss),
             "marginal_rtt_loss": float(marginal_rtt),
             "rtt_loss_below_marginal": round(float(marginal_rtt - rtt_loss), 3),  # nats per RTT byte
-            # Byte 1 (the RTT's band of 6-12%) carries what the model knows; byte 2 is near-uniform jitter.
+            # Byte 1 (the RTT's quarter octave) carries what the model knows; byte 2 is near-uniform jitter.
             **{k: round(v, 3) for k, v in by_byte.items()},
             "tokens_per_s": float(result.tokens_per_s),
             "seconds": round(result.seconds, 1),

@@ -100,9 +100,10 @@ def rtt_marginal_loss(
 def rtt_byte_losses(model, eval_batches: list[dict], fit_batches: list[dict], smoothing: float = 0.5) -> dict:
     """Held-out NLL (nats) of each RTT byte, for `model` and for the marginal counted on `fit_batches`.
 
-    Byte 1 holds the exponent and the top 3 mantissa bits: which band of 6-12% the RTT falls in, where what a
-    model knows about the pair shows. Byte 2 is the rest of the mantissa, steps of 0.05-0.1% of the RTT: finer
-    than ping jitter, so close to uniform (log 256 = 5.55 nats) for any model. The RTT loss averages the two.
+    Byte 1 holds the exponent and the top 3 mantissa bits: which quarter octave (a band 14-25% wide) the RTT is
+    in, where what a model knows about the pair shows. Byte 2 is the rest of the mantissa, steps of 0.05-0.1% of
+    the RTT: finer than ping jitter, so close to uniform (log 256 = 5.55 nats) for any model. The RTT loss
+    averages the two.
     """
     import jax
     import jax.numpy as jnp
