@@ -15,7 +15,7 @@ mlflow-ui: PORT ?= 5000
 # The data root as the project settings see it (the PINGLLM_CONFIG file, PINGLLM_DATA_ROOT, else var/).
 DATA_ROOT = $(shell $(BIN)/python -c 'from pingllm_core.settings import load_settings; print(load_settings().data_root)')
 
-# The laptop recipe: a week of the synthetic internet, the tiny tier trained ~25 minutes (docs/ABLATIONS.md).
+# The laptop recipe: a week of the synthetic internet, the tiny tier trained 9 minutes (docs/ABLATIONS.md).
 LAPTOP_ROOT ?= $(CURDIR)/var/laptop
 LAPTOP_RANGE ?= 2024-07-01...2024-07-07
 
