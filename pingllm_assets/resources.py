@@ -1,5 +1,6 @@
 """The resources every asset shares, built from one `ProjectSettings`: the settings and the DuckDB catalog."""
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -25,27 +26,13 @@ class PingllmSettings(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: ProjectSettings) -> "PingllmSettings":
         """The resource holding exactly `settings`."""
-        return cls(
-            data_root=str(settings.data_root),
-            source=settings.source,
-            start_day=settings.start_day,
-            end_day=settings.end_day,
-            ripe_base_url=settings.ripe_base_url,
-            synth_seed=settings.synth_seed,
-            synth_probes=settings.synth_probes,
-        )
+        fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ProjectSettings)}
+        return cls(**fields | {"data_root": str(settings.data_root)})
 
     def settings(self) -> ProjectSettings:
         """The frozen core settings."""
-        return ProjectSettings(
-            data_root=Path(self.data_root),
-            source=self.source,
-            start_day=self.start_day,
-            end_day=self.end_day,
-            ripe_base_url=self.ripe_base_url,
-            synth_seed=self.synth_seed,
-            synth_probes=self.synth_probes,
-        )
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ProjectSettings)}
+        return ProjectSettings(**fields | {"data_root": Path(self.data_root)})
 
     @property
     def layout(self) -> DataLayout:

@@ -26,7 +26,7 @@ import numpy as np
 
 from pingllm_core import metrics as M
 from pingllm_core.baselines import fit_all_baselines
-from pingllm_core.evaluate import context_before, load_split, rtt_marginal_loss
+from pingllm_core.evaluate import load_split, model_rows, rtt_marginal_loss
 from pingllm_core.loader import LoaderConfig, iter_eval_batches, make_train_iter
 from pingllm_core.model import ModelConfig, model_config
 from pingllm_core.tracking import ListTracker
@@ -87,17 +87,10 @@ def score_engine(engine, rows: dict[str, Any]) -> dict[str, float]:
     """Median relative error of the engine's median, cold and with CONTEXT_K context measurements."""
     out = {}
     for name, r in rows.items():
-        df = r["df"]
+        df, true = r["df"], r["df"].rtt.to_numpy()[r["rows"]]
         for k in (0, CONTEXT_K):
-            preds, true = [], []
-            for i in r["rows"]:
-                ctx = context_before(df, int(i), k)
-                p = engine.predict(
-                    df.src_addr.iat[i], df.dst_addr.iat[i], time=int(df.time.iat[i]), context=ctx
-                )
-                preds.append(p.median)
-                true.append(df.rtt.iat[i])
-            out[f"{name}/k{k}"] = M.point_metrics(np.array(preds), np.array(true))["rel_p50"]
+            pred = model_rows(engine, df, r["rows"], k)["median"].to_numpy()
+            out[f"{name}/k{k}"] = M.point_metrics(pred, true)["rel_p50"]
     return out
 
 

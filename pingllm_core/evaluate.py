@@ -88,13 +88,17 @@ def rtt_marginal_loss(
     split; add-`smoothing` counts so unseen bytes stay finite). A model whose held-out RTT loss
     (`TrainResult.eval_rtt_loss`) is not below this predicts one global RTT distribution for every query.
     """
+    nll, n = _marginal_byte_nll(eval_batches, fit_batches, smoothing)
+    return float(nll.sum() / n.sum()) if n.sum() else float("nan")
+
+
+def _marginal_byte_nll(eval_batches, fit_batches, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per RTT byte: (NLL summed over `eval_batches`, weighted count) of that byte's marginal on `fit_batches`."""
     ev, fit = _rtt_byte_counts(eval_batches), _rtt_byte_counts(fit_batches) + smoothing
-    if ev.sum() == 0:
-        return float("nan")
     p = fit / np.maximum(fit.sum(axis=1, keepdims=True), 1e-300)
     with np.errstate(divide="ignore"):
         logp = np.where(ev > 0, np.log(p), 0.0)
-    return float(-(ev * logp).sum() / ev.sum())
+    return -(ev * logp).sum(axis=1), ev.sum(axis=1)
 
 
 def rtt_byte_losses(model, eval_batches: list[dict], fit_batches: list[dict], smoothing: float = 0.5) -> dict:
@@ -117,10 +121,9 @@ def rtt_byte_losses(model, eval_batches: list[dict], fit_batches: list[dict], sm
         for i in (1, 2):
             sel = T.after_rtt_start(toks, i)
             sums[i - 1] += [(nll * w)[sel].sum(), w[sel].sum()]
-    ev, fit = _rtt_byte_counts(eval_batches), _rtt_byte_counts(fit_batches) + smoothing
+    marg_nll, marg_n = _marginal_byte_nll(eval_batches, fit_batches, smoothing)
     with np.errstate(divide="ignore", invalid="ignore"):
-        marg = -(ev * np.where(ev > 0, np.log(fit / fit.sum(axis=1, keepdims=True)), 0.0)).sum(1) / ev.sum(1)
-        model_loss = sums[:, 0] / sums[:, 1]
+        marg, model_loss = marg_nll / marg_n, sums[:, 0] / sums[:, 1]
     return {f"{who}rtt_byte{i + 1}_loss": float(v[i]) for who, v in (("", model_loss), ("marginal_", marg))
             for i in (0, 1)}  # fmt: skip
 
@@ -174,7 +177,7 @@ def _score(pred, rtt: float) -> dict:
     return out
 
 
-def _model_rows(engine, df: pd.DataFrame, rows: np.ndarray, k: int, timed: bool = True) -> pd.DataFrame:
+def model_rows(engine, df: pd.DataFrame, rows: np.ndarray, k: int, timed: bool = True) -> pd.DataFrame:
     """Model predictions for `rows` of df with k context measurements each (time given when `timed`)."""
     out = []
     for r in rows:
@@ -256,7 +259,7 @@ def evaluate(
             say(f"{name}: no rows to evaluate")
             continue
         rows = _pick(len(df), cfg.rows_per_split, rng)
-        scored = _model_rows(engine, df, rows, k=0)
+        scored = model_rows(engine, df, rows, k=0)
         scored["split"] = name
         scored["ip_version"] = df.ip_version.to_numpy()[rows]
         src, dst, tt = (df[c].to_numpy()[rows] for c in ("src_addr", "dst_addr", "time"))
@@ -317,7 +320,7 @@ def _context_curve(engine, splits, history, cfg, rng, metrics, fig_dir, say) -> 
         src, dst, tt = (df[c].to_numpy()[rows] for c in ("src_addr", "dst_addr", "time"))
         train_pred = history.predict(src, dst, tt)
         for k in cfg.context_sizes:
-            scored = _model_rows(engine, df, rows, k)
+            scored = model_rows(engine, df, rows, k)
             base = [context_last_seen(df, int(r), k, p) for r, p in zip(rows, train_pred, strict=True)]
             model_err = M.point_metrics(scored["median"].to_numpy(), true)["rel_p50"]
             base_err = M.point_metrics(np.array(base), true)["rel_p50"]
@@ -341,8 +344,8 @@ def _timestamp_figure(engine, df, cfg, rng, metrics, fig_dir) -> list[Path]:
     if not len(rows):
         return []
     k = max(cfg.context_sizes)
-    with_ts = _model_rows(engine, df, rows, k, timed=True).logp.to_numpy()
-    without = _model_rows(engine, df, rows, k, timed=False).logp.to_numpy()
+    with_ts = model_rows(engine, df, rows, k, timed=True).logp.to_numpy()
+    without = model_rows(engine, df, rows, k, timed=False).logp.to_numpy()
     metrics["timestamp_logp"] = {"with": float(with_ts.mean()), "without": float(without.mean())}
     return [F.fig_timestamp_logprob(with_ts, without, fig_dir / "timestamp_logprob.png")]
 

@@ -247,7 +247,8 @@ def _cascade(graphdef, bgraph, state, blocks, prefix: KVCache, own_k, own_v, row
     b, t = tokens_BxT.shape
     own_k, own_v = jnp.take(own_k, rows_B, axis=1), jnp.take(own_v, rows_B, axis=1)
     u = own_k.shape[2]
-    roles = T.continue_roles(jnp.broadcast_to(_after_bytes(prefix.role, u), (b,)), tokens_BxT, jnp)
+    after_own = T.role_after_bytes(prefix.role, u, jnp)  # own tokens: bytes of the prefix's last field
+    roles = T.continue_roles(jnp.broadcast_to(after_own, (b,)), tokens_BxT, jnp)
     pos_1xT = (prefix.length + u + jnp.arange(t, dtype=jnp.int32))[None]
     own_ok = jnp.arange(u + t)[None, :] <= (u + jnp.arange(t))[:, None]  # causal over own tokens
     store, anc = _empty_store(model, b)
@@ -255,12 +256,6 @@ def _cascade(graphdef, bgraph, state, blocks, prefix: KVCache, own_k, own_v, row
     x, k, v = _stack(model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc, prev, own_ok, t)
     logp = jax.nn.log_softmax(model._logits(x))  # the model's own final norm and (tied) unembedding
     return logp, jnp.concatenate([own_k, k.full()], 2), jnp.concatenate([own_v, v.full()], 2)
-
-
-def _after_bytes(role, n_bytes: int):
-    """The role after `n_bytes` more bytes of the same field (`tokens.continue_roles` without a marker)."""
-    cap = (role // T.ROLE_OFFSETS) * T.ROLE_OFFSETS + T.ROLE_OFFSETS - 1
-    return jnp.minimum(role + n_bytes, cap)
 
 
 def _trie_level(
@@ -277,7 +272,7 @@ def _trie_level(
     store = (store_k, store_v)
     # The nodes' tokens are address bytes after the prefix's destination marker and their ancestors' bytes.
     roles = T.continue_roles(
-        jnp.broadcast_to(_after_bytes(prefix.role, anc_BxA.shape[1]), (b,)), tokens_BxT, jnp
+        jnp.broadcast_to(T.role_after_bytes(prefix.role, anc_BxA.shape[1], jnp), (b,)), tokens_BxT, jnp
     )
     _, k, v = _stack(
         model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc_BxA, None, causal, 0
@@ -325,7 +320,7 @@ def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, an
     causal_TxT = jnp.tril(jnp.ones((t, t), bool))
     store = (store_k, store_v)
     roles = T.continue_roles(
-        jnp.broadcast_to(_after_bytes(prefix.role, anc_BxA.shape[1]), (b,)), tokens_BxT, jnp
+        jnp.broadcast_to(T.role_after_bytes(prefix.role, anc_BxA.shape[1], jnp), (b,)), tokens_BxT, jnp
     )
     x, k, v = _stack(
         model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc_BxA, None, causal_TxT, n_out

@@ -78,6 +78,12 @@ def token_roles(tokens_BxL, xp=np, starts_BxL=None):
     return marker_BxL * ROLE_OFFSETS + xp.minimum(idx_L - last_BxL, ROLE_OFFSETS - 1)
 
 
+def role_after_bytes(role_B, n_bytes, xp=np):
+    """The role `n_bytes` byte tokens after one of role `role_B` in the same field (at most its last offset)."""
+    cap_B = (role_B // ROLE_OFFSETS) * ROLE_OFFSETS + ROLE_OFFSETS - 1
+    return xp.minimum(role_B + n_bytes, cap_B)
+
+
 def continue_roles(prev_role_B, tokens_BxT, xp=np):
     """`token_roles` of T tokens that follow a sequence whose last token had role `prev_role_B` (per row; -1:
     nothing before them): what decoding needs when it appends tokens to a cached prefix."""
@@ -85,8 +91,7 @@ def continue_roles(prev_role_B, tokens_BxT, xp=np):
     role_B = xp.asarray(prev_role_B)
     for t in range(tokens_BxT.shape[-1]):
         tok_B = tokens_BxT[..., t]
-        cap_B = (role_B // ROLE_OFFSETS) * ROLE_OFFSETS + ROLE_OFFSETS - 1
-        byte_B = xp.where(role_B < 0, 0, xp.minimum(role_B + 1, cap_B))
+        byte_B = xp.where(role_B < 0, 0, role_after_bytes(role_B, 1, xp))
         role_B = xp.where(tok_B < N_MARKERS, tok_B * ROLE_OFFSETS, byte_B)
         out.append(role_B)
     return xp.stack(out, axis=-1) if out else xp.zeros(tokens_BxT.shape, xp.int32)
