@@ -166,6 +166,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("steps_x2", train={"steps": 2400}, note="the trained_model step count"),
     Variant("trained_model", loader={"field_shuffle_share": 0.2}, train={"steps": 2400, "eval_every": 600},
             note="the trained_model defaults: 2400 steps, 1 measurement in 5 in a random field order"),
+    Variant("trained_model_last_field", loader={"field_shuffle_share": 0.2, "field_orders": "last_field"},
+            train={"steps": 2400, "eval_every": 600},
+            note="trained_model, a shuffled measurement puts one field last (3 orders, not 24)"),
 ]}  # fmt: skip
 
 

@@ -50,6 +50,9 @@ class LoaderConfig:
     # Share of measurements whose four fields come in a random order; the rest use the query order
     # (Src Dst Timestamp Result, `query_context.FIELD_ORDER`), which is how an RTT question is asked.
     field_shuffle_share: float = 1.0
+    # Which orders a shuffled measurement takes: "uniform" (any of the 24) or "last_field" (the source, the
+    # destination or the timestamp last, as the inverse queries ask; the others in query order).
+    field_orders: str = "uniform"
     # Share of contexts whose source addresses are replaced by unseen ones in the same network (see
     # `loader_transforms._remap_sources`): held-out probes in miniature, so the model learns to use context.
     src_remap_share: float = 0.0
@@ -70,6 +73,8 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.seq_len < 64:
             raise ValueError(f"seq_len must hold a measurement (>= 64 tokens), got {self.seq_len}")
+        if self.field_orders not in ("uniform", "last_field"):
+            raise ValueError(f"field_orders must be 'uniform' or 'last_field', got {self.field_orders!r}")
         if self.rows_per_group < 1:
             raise ValueError(f"rows_per_group must be >= 1, got {self.rows_per_group}")
         if self.batch_size < 1 or self.workers < 0 or self.max_contexts_per_row < 1 or self.meas_per_k < 1:

@@ -53,6 +53,10 @@ _PERM_OF_CODE[PERMS.astype(np.int64) @ np.array([64, 16, 4, 1])] = np.arange(24)
 # The field order queries use (Src Dst Timestamp Result): the RTT is read after everything it depends on.
 QUERY_PERM = int(_PERM_OF_CODE[np.array([tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME,
                                          tokens.FIELD_RESULT]) @ np.array([64, 16, 4, 1])])  # fmt: skip
+# One field last, as the inverse queries ask (`query_inverse`): the source, the destination or the timestamp.
+_S, _D, _T, _R = tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME, tokens.FIELD_RESULT
+LAST_FIELD_PERMS = _PERM_OF_CODE[np.array([(_D, _R, _T, _S), (_S, _R, _T, _D), (_S, _D, _R, _T)])
+                                 @ np.array([64, 16, 4, 1])].astype(np.int16)  # fmt: skip
 
 
 def _layout_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -505,7 +509,10 @@ def sample_rows(
     mode, crow = mode.take(corder), crow.take(corder)  # contexts in the order _subsample gives them
     order, has_time = _order_for_modes(pos, counts, mode, cfg.mixed_keep, rng)
     kind, value = _time_kinds(time.take(order), has_time, ctx)
-    perm = rng.integers(0, len(PERMS), len(order), dtype=np.int16)  # a random field order per measurement
+    if cfg.field_orders == "last_field":  # a shuffled measurement puts one field last, the others first
+        perm = LAST_FIELD_PERMS.take(rng.integers(0, len(LAST_FIELD_PERMS), len(order)))
+    else:
+        perm = rng.integers(0, len(PERMS), len(order), dtype=np.int16)  # a random field order per measurement
     if cfg.field_shuffle_share < 1.0:  # the others keep the query order
         perm[rng.random(len(order)) >= cfg.field_shuffle_share] = QUERY_PERM
     erow = crow.take(ctx)
