@@ -70,7 +70,7 @@ dev: install
 	$(BIN)/dg dev --host $(HOST) --port $(PORT)
 
 mlflow-ui: install
-	@$(BIN)/python -c 'from pingllm_core.tracking_mlflow import experiment_ui_url as url; \
+	@$(BIN)/python -c 'from pingllm_core.model.tracking_mlflow import experiment_ui_url as url; \
 		print("MLflow UI, experiment pingllm:", url("$(DATA_ROOT)", "$(HOST)", $(PORT)))'
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(DATA_ROOT)/mlflow/mlflow.db -h $(HOST) -p $(PORT)
 

@@ -35,7 +35,7 @@ import grain  # noqa: E402
 import seed_tokenizer  # noqa: E402
 from array_record.python.array_record_module import ArrayRecordWriter  # noqa: E402
 
-from pingllm_core import loader, records, tokens  # noqa: E402
+from pingllm_core.data import loader, records, tokens  # noqa: E402
 
 TARGET_TOKENS_PER_S = 600_000  # what one accelerator host must be fed (the study's base model)
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pingllm_core import ablation, records
+from pingllm_core.data import records
+from pingllm_core.experiments import ablation
 from tests.test_records import make_split
 
 PROBES = [(1, 1, 400), (2, 1, 300), (3, 2, 300), (4, 1, 200)]

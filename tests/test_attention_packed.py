@@ -14,8 +14,14 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pingllm_core.model as model_lib
-from pingllm_core.model import PackedSegments, Transformer, model_config, packed_segments, resolve_attention
+import pingllm_core.model.transformer as model_lib
+from pingllm_core.model.transformer import (
+    PackedSegments,
+    Transformer,
+    model_config,
+    packed_segments,
+    resolve_attention,
+)
 
 
 def _row(lengths: list[int], pad: int) -> tuple[np.ndarray, np.ndarray]:

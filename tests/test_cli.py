@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from pingllm_core import model_card
-from pingllm_core.cli import EXIT_BAD_INPUT, EXIT_OK, default_checkpoint, main
-from pingllm_core.model import model_config
-from pingllm_core.query import QueryEngine, is_public, parse_ip
-from pingllm_core.tracking import NullTracker
-from pingllm_core.train import TrainConfig, synthetic_batches, train
+from pingllm_core.cli.main import EXIT_BAD_INPUT, EXIT_OK, default_checkpoint, main
+from pingllm_core.model import model_card
+from pingllm_core.model.tracking import NullTracker
+from pingllm_core.model.train import TrainConfig, synthetic_batches, train
+from pingllm_core.model.transformer import model_config
+from pingllm_core.query.engine import QueryEngine, is_public, parse_ip
 
 SRC = "193.0.14.129"
 SRC6 = "2001:67c:2e8:22::c100:68b"
@@ -349,7 +349,7 @@ def test_examples_lists_trained_pairs_by_family(ckpt, capsys):
 
 
 def test_help_documents_every_argument_and_the_context_format(capsys):
-    from pingllm_core.cli import build_parser
+    from pingllm_core.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name, parser in sub.choices.items():
@@ -394,7 +394,7 @@ def test_console_script_keeps_compiled_programs_for_the_next_call(ckpt, tmp_path
     cmd = [
         sys.executable,
         "-m",
-        "pingllm_core.cli",
+        "pingllm_core.cli.main",
         "predict",
         SRC,
         "8.8.8.8",

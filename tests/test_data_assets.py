@@ -8,10 +8,10 @@ import dagster as dg
 import pytest
 from ripe_server import serving
 
-from pingllm_assets.measurements import CHECK_PARSED, measurements
-from pingllm_assets.raw import CHECK_DOWNLOADED, day_status, hour_ranges, raw_ping_dumps
+from pingllm_assets.data.measurements import CHECK_PARSED, measurements
+from pingllm_assets.ingest.raw import CHECK_DOWNLOADED, day_status, hour_ranges, raw_ping_dumps
 from pingllm_assets.resources import resources_for
-from pingllm_core.download import DownloadReport, FileResult
+from pingllm_core.ingest.download import DownloadReport, FileResult
 from pingllm_core.settings import ProjectSettings
 
 RIPE = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples

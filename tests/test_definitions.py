@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from pingllm_assets.definitions import build_defs
-from pingllm_core.parse import MEASUREMENT_SCHEMA
+from pingllm_core.ingest.parse import MEASUREMENT_SCHEMA
 from pingllm_core.settings import ProjectSettings
 
 DAYS = ["2024-08-30", "2024-08-31", "2024-09-01", "2024-09-02"]

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pingllm_core.checkpoint import load_checkpoint
-from pingllm_core.distill import (
+from pingllm_core.evaluation.evaluate import load_split
+from pingllm_core.experiments.distill import (
     TEST_STUDENT,
     distill,
     distill_loss,
     student_config,
     tier_table,
 )
-from pingllm_core.evaluate import load_split
-from pingllm_core.model import Transformer, count_params, model_config
-from pingllm_core.query import QueryEngine
-from pingllm_core.train import synthetic_batches
+from pingllm_core.model.checkpoint import load_checkpoint
+from pingllm_core.model.train import synthetic_batches
+from pingllm_core.model.transformer import Transformer, count_params, model_config
+from pingllm_core.query.engine import QueryEngine
 from tests.test_records import make_split
 
 SEQ = 64
@@ -158,7 +158,7 @@ def test_tier_table_numbers_and_figure(distilled, tmp_path):
 def test_asset_is_wired_as_described():
     import dagster as dg
 
-    from pingllm_assets.distill import DistilledTiersConfig, distilled_tiers
+    from pingllm_assets.experiments.distill import DistilledTiersConfig, distilled_tiers
 
     key = dg.AssetKey("distilled_tiers")
     assert distilled_tiers.group_names_by_key[key] == "beyond"

@@ -10,8 +10,8 @@ import grain
 import numpy as np
 import pytest
 
-from pingllm_core import loader, loader_transforms, records, tokens
-from pingllm_core.loader_transforms import MODE_FULL, MODE_MIXED, MODE_NONE
+from pingllm_core.data import loader, loader_transforms, records, tokens
+from pingllm_core.data.loader_transforms import MODE_FULL, MODE_MIXED, MODE_NONE
 
 try:
     from test_records import make_split

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pingllm_core.bz2_lines as bz2_lines
-import pingllm_core.parse as parse_mod
-from pingllm_core.parse import MANIFEST_KEYS, MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
+import pingllm_core.ingest.bz2_lines as bz2_lines
+import pingllm_core.ingest.parse as parse_mod
+from pingllm_core.ingest.parse import MANIFEST_KEYS, MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
 
 REAL = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pingllm_core.parse as parse_mod
-from pingllm_core.parse import MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
+import pingllm_core.ingest.parse as parse_mod
+from pingllm_core.ingest.parse import MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
 
 REAL = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 STARLINK = REAL / "starlink" / "2022-12-15" / "ping-2022-12-15T1600.bz2"
@@ -181,7 +181,7 @@ def test_an_engine_failure_fails_only_its_file_and_the_next_file_gets_a_fresh_co
 
 _KILLABLE = """
 import sys
-from pingllm_core.parse import ParseConfig, parse_files
+from pingllm_core.ingest.parse import ParseConfig, parse_files
 parse_files(sys.argv[1:-1], sys.argv[-1], ParseConfig(workers=1, block_bytes=1 << 16))
 """
 

@@ -16,8 +16,9 @@ import dagster as dg
 import pytest
 from graph_assets import GRAPH_ASSETS
 
-from pingllm_assets.evaluation import CHECK_BEATS_GLOBAL, SUMMARY
-from pingllm_core import catalog, db
+from pingllm_assets.evaluation.evaluation import CHECK_BEATS_GLOBAL, SUMMARY
+from pingllm_core import db
+from pingllm_core.data import catalog
 
 ASSETS = GRAPH_ASSETS
 PROJECT = Path(__file__).parents[1]
@@ -154,7 +155,7 @@ def test_outputs_exist_on_disk(materialized):
 def test_mlflow_run_holds_the_losses_the_loss_figure_and_the_evaluation_table(materialized):
     from mlflow import MlflowClient
 
-    from pingllm_core.tracking_mlflow import EXPERIMENT_KIND, local_tracking_uri
+    from pingllm_core.model.tracking_mlflow import EXPERIMENT_KIND, local_tracking_uri
 
     root, _, _ = materialized
     data = root / "data"

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pingllm_core import poisoning as P
-from pingllm_core.baselines import address_prefix
+from pingllm_core.evaluation.baselines import address_prefix
+from pingllm_core.experiments import poisoning as P
 
 
 def make_world(n_probes: int = 40, rows_per_pair: int = 6, seed: int = 0, t0: int = 1_720_000_000):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pingllm_core import privacy, records, tokens
-from pingllm_core.model import Transformer, model_config
+from pingllm_core.data import records, tokens
+from pingllm_core.experiments import privacy
+from pingllm_core.model.transformer import Transformer, model_config
 from tests.test_records import make_record_splits
 
 # ------------------------------------------------------------------------------------- audit metrics

@@ -12,8 +12,9 @@ import optax
 import pytest
 from flax import nnx
 
-from pingllm_core import privacy, privacy_dp, records, tokens
-from pingllm_core.model import Transformer, model_config
+from pingllm_core.data import records, tokens
+from pingllm_core.experiments import privacy, privacy_dp
+from pingllm_core.model.transformer import Transformer, model_config
 from tests.test_records import make_record_splits
 
 # ------------------------------------------------------------------------------------------ accounting

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pingllm_core import query_rank
-from pingllm_core import tokens as T
-from pingllm_core.model import Transformer, model_config
-from pingllm_core.query import (
+from pingllm_core.data import tokens as T
+from pingllm_core.model.transformer import Transformer, model_config
+from pingllm_core.query import rank as query_rank
+from pingllm_core.query.engine import (
     _ALL_RTT_MS,
     MAX_RTT_MS,
     NO_TIME,
@@ -27,7 +27,7 @@ from pingllm_core.query import (
     parse_ip,
     parse_time,
 )
-from pingllm_core.query_inverse import (
+from pingllm_core.query.inverse import (
     beam_field,
     counterpart,
     likely_destinations,
@@ -404,7 +404,7 @@ def test_inverse_queries_answer_public_addresses_in_the_source_family(engine):
 
 
 def test_unspecified_and_private_generated_addresses_are_left_out(engine, monkeypatch):
-    import pingllm_core.query_inverse as inv
+    import pingllm_core.query.inverse as inv
 
     zeros, private, public = (
         [T.BYTE0] * 16,

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pingllm_core import records
+from pingllm_core.data import records
 
 # (prb_id or None, source addresses, measurements): very different sizes, dual-stack and missing ids.
 PROBES = [(1, 2, 2000), (2, 1, 5), (3, 1, 40), (4, 2, 300), (None, 1, 10), (None, 1, 7), (5, 1, 1)]

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from ripe_server import serving
 
-from pingllm_core.parse import parse_file
+from pingllm_core.ingest.parse import parse_file
 
 RIPE = Path(__file__).resolve().parent / "data" / "ripe-public"
 ASSETS = "raw_ping_dumps,measurements"

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pingllm_core.splits import CHECK_NAMES, SplitConfig, check_splits, make_sample_and_splits
+from pingllm_core.data.splits import CHECK_NAMES, SplitConfig, check_splits, make_sample_and_splits
 
 T0 = 1_719_792_000  # 2024-07-01T00:00:00Z
 

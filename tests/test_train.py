@@ -12,9 +12,9 @@ import grain
 import numpy as np
 import pytest
 
-from pingllm_core.model import forward_jit, model_config
-from pingllm_core.tracking import ListTracker, NullTracker
-from pingllm_core.train import TrainConfig, load_checkpoint, synthetic_batches, train
+from pingllm_core.model.tracking import ListTracker, NullTracker
+from pingllm_core.model.train import TrainConfig, load_checkpoint, synthetic_batches, train
+from pingllm_core.model.transformer import forward_jit, model_config
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = model_config("tiny")
@@ -112,9 +112,9 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
         import json, sys, grain
         from pathlib import Path
         import jax
-        from pingllm_core.model import model_config
-        from pingllm_core.tracking import NullTracker
-        from pingllm_core.train import TrainConfig, synthetic_batches, train
+        from pingllm_core.model.transformer import model_config
+        from pingllm_core.model.tracking import NullTracker
+        from pingllm_core.model.train import TrainConfig, synthetic_batches, train
         assert len(jax.devices()) == 2, jax.devices()
         batches = synthetic_batches(4, 4, 32)
         make = lambda: iter(grain.MapDataset.source(batches).repeat().to_iter_dataset())
@@ -144,10 +144,10 @@ def test_invalid_train_config_is_rejected():
 def test_rtt_loss_counts_exactly_the_rtt_bytes():
     import jax.numpy as jnp
 
-    from pingllm_core import tokens as T
-    from pingllm_core.evaluate import rtt_marginal_loss
-    from pingllm_core.query_context import FIELD_ORDER, make_measurements
-    from pingllm_core.step import rtt_byte_mask, xent_sums
+    from pingllm_core.data import tokens as T
+    from pingllm_core.evaluation.evaluate import rtt_marginal_loss
+    from pingllm_core.model.step import rtt_byte_mask, xent_sums
+    from pingllm_core.query.context import FIELD_ORDER, make_measurements
 
     m = make_measurements([1_700_000_000, 1_700_000_060, 1_700_000_120], ["192.0.2.1"] * 3,
                           ["198.51.100.7", "2001:db8::1", "198.51.100.7"], [12.5, -1.0, 250.0])  # fmt: skip
@@ -182,8 +182,15 @@ def test_rtt_loss_counts_exactly_the_rtt_bytes():
 def test_rtt_loss_weight_changes_the_update_but_not_the_reported_losses():
     import jax
 
-    from pingllm_core import tokens as T
-    from pingllm_core.step import init_states, lr_schedule, make_mesh, make_train_step, make_tx, put_batch
+    from pingllm_core.data import tokens as T
+    from pingllm_core.model.step import (
+        init_states,
+        lr_schedule,
+        make_mesh,
+        make_train_step,
+        make_tx,
+        put_batch,
+    )
 
     m = T.Measurements.from_strings(np.arange(6) * 60 + 1_700_000_000, ["81.2.69.160"] * 6,
                                     ["8.8.8.8", "9.9.9.9"] * 3, np.array([12.0, 80.0] * 3))  # fmt: skip
@@ -212,9 +219,9 @@ def test_rtt_loss_weight_changes_the_update_but_not_the_reported_losses():
 def test_rtt_byte_losses_split_the_rtt_loss_into_its_two_bytes():
     import jax.numpy as jnp
 
-    from pingllm_core import tokens as T
-    from pingllm_core.evaluate import rtt_byte_losses, rtt_marginal_loss
-    from pingllm_core.query_context import FIELD_ORDER, make_measurements
+    from pingllm_core.data import tokens as T
+    from pingllm_core.evaluation.evaluate import rtt_byte_losses, rtt_marginal_loss
+    from pingllm_core.query.context import FIELD_ORDER, make_measurements
 
     m = make_measurements([1_700_000_000 + 60 * i for i in range(4)], ["192.0.2.1"] * 4,
                           ["198.51.100.7"] * 4, [12.5, 13.0, 250.0, 12.6])  # fmt: skip

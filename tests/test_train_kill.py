@@ -23,9 +23,9 @@ SCRIPT = textwrap.dedent(f"""
     import json, sys, time
     from pathlib import Path
     import grain
-    from pingllm_core.model import model_config
-    from pingllm_core.tracking import NullTracker
-    from pingllm_core.train import TrainConfig, synthetic_batches, train
+    from pingllm_core.model.transformer import model_config
+    from pingllm_core.model.tracking import NullTracker
+    from pingllm_core.model.train import TrainConfig, synthetic_batches, train
 
     ckpt_dir, loss_file, result_file, hold_step = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     batches = synthetic_batches({STEPS}, 4, 64, seed=0)

@@ -1,0 +1,93 @@
+"""Beyond the study: distilled tiers (property 6): a small student distilled from the trained model.
+
+At demo scale the teacher is the `tiny` checkpoint and the student a 1-layer d=32 model; in real use the
+teacher is `base` and the student `small` (set `student_tier` or the shape fields). The table compares
+teacher, distilled student and the same student trained from scratch: accuracy vs parameters vs CPU
+query latency, so a user can pick the tier that fits their device.
+"""
+
+import dagster as dg
+
+from pingllm_assets.data.records import probe_records
+from pingllm_assets.metadata import flat_numbers, png_markdown
+from pingllm_assets.model.train import TrainAssetConfig, trained_model
+from pingllm_assets.partitions import SINGLE_RUN
+from pingllm_assets.resources import PingllmSettings
+from pingllm_core.evaluation.evaluate import load_split
+from pingllm_core.experiments.distill import TEST_STUDENT, build_tiers
+from pingllm_core.model.transformer import model_config
+
+
+class DistilledTiersConfig(dg.Config):
+    """Teacher, student shape, distillation budget and the comparison's sizes (defaults: ~2 min on 2 CPUs)."""
+
+    run_name: str = ""  # teacher checkpoint folder under <data root>/checkpoints; default: the default tier's
+    student_tier: str = ""  # take the student's shape from this tier (e.g. "small" for a `base` teacher)
+    d_model: int = TEST_STUDENT["d_model"]  # student shape when student_tier is empty
+    n_layers: int = TEST_STUDENT["n_layers"]
+    n_heads: int = TEST_STUDENT["n_heads"]
+    d_head: int = TEST_STUDENT["d_head"]
+    d_mlp: int = TEST_STUDENT["d_mlp"]
+    steps: int = 60  # optimiser steps for each student (distilled and from-scratch control)
+    lr: float = 3e-3
+    temperature: float = 2.0  # softening of both distributions in the KL term
+    alpha: float = 0.5  # weight of the KL term; 1 - alpha on the hard-target cross-entropy
+    batch_size: int = 8
+    seq_len: int = 0  # tokens per packed row; 0 = the teacher's max_len
+    eval_batches: int = 2  # held-out batches for the eval loss
+    rows: int = 30  # held-out rows for the median relative error
+    repeats: int = 10  # timed predict calls (after warm-up) per model
+    rank_candidates: int = 100  # destinations ranked in the rank-latency column; 0 skips it
+    seed: int = 0
+
+
+@dg.asset(
+    deps=[trained_model, probe_records],
+    backfill_policy=SINGLE_RUN,
+    group_name="beyond",
+    kinds={"jax", "matplotlib"},
+)
+def distilled_tiers(
+    context: dg.AssetExecutionContext, config: DistilledTiersConfig, pingllm: PingllmSettings
+) -> dg.MaterializeResult:
+    """Teacher vs distilled student vs scratch student: params, eval loss, RTT error, CPU query latency."""
+    layout = pingllm.layout
+    if config.student_tier:
+        shape = model_config(config.student_tier)
+        student = {f: getattr(shape, f) for f in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")}
+    else:
+        student = dict(d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads,
+                       d_head=config.d_head, d_mlp=config.d_mlp)  # fmt: skip
+    out = layout.root / "distill"
+    run = build_tiers(
+        layout.checkpoints / (config.run_name or TrainAssetConfig().tier),
+        layout.records / "train",
+        layout.records / "heldout_probes",
+        load_split(layout.splits / "heldout_probes.parquet"),
+        out,
+        student=student,
+        steps=config.steps,
+        lr=config.lr,
+        temperature=config.temperature,
+        alpha=config.alpha,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len or None,
+        eval_batches=config.eval_batches,
+        n_rows=config.rows,
+        repeats=config.repeats,
+        rank_candidates=config.rank_candidates,
+        seed=config.seed,
+        progress=context.log.info,
+    )
+    numbers = {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in run.table.rows}
+    return dg.MaterializeResult(
+        metadata={
+            "table": dg.MetadataValue.md(run.table.markdown),
+            **flat_numbers("", numbers),
+            "teacher_step": run.teacher_step,
+            "distill_seconds": round(run.distilled.seconds, 1),
+            "scratch_seconds": round(run.scratch.seconds, 1),
+            "path": dg.MetadataValue.path(str(out)),
+            "tiers": png_markdown([run.table.figure]),
+        }
+    )
