@@ -45,7 +45,7 @@ class _Query:
     def engine(self):
         """The model, loaded once the inputs passed (the compile cache first, for the console script)."""
         if getattr(self.args, "compile_cache", False):
-            from pingllm_core.cli.main import enable_compile_cache
+            from pingllm_core.cli.compile_cache import enable_compile_cache
 
             enable_compile_cache()
         from pingllm_core.query.engine import QueryEngine

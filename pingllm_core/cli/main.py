@@ -19,7 +19,6 @@ from pingllm_core.cli import commands as cli_commands
 from pingllm_core.cli import info as cli_info
 from pingllm_core.cli.info import CHECKPOINT_ENV, CliError, default_checkpoint  # noqa: F401 (re-exported)
 
-COMPILE_CACHE_ENV = "PINGLLM_COMPILE_CACHE"  # folder of compiled XLA programs; "" turns the cache off
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 MAX_RESULTS = 100  # -n / -k: beams are twice as many, each holding a KV cache
 CONTEXT_HELP = """\
@@ -202,37 +201,6 @@ COMMANDS = {
     "info": cli_info.cmd_info,
     "examples": cli_info.cmd_examples,
 }
-
-
-def compile_cache_dir() -> Path | None:
-    """$PINGLLM_COMPILE_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/pingllm/xla; None when set to ""."""
-    env = os.environ.get(COMPILE_CACHE_ENV)
-    if env is not None:
-        return Path(env).expanduser() if env else None
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pingllm" / "xla"
-
-
-def enable_compile_cache() -> Path | None:
-    """Keep compiled programs on disk so the next one-shot query skips XLA compilation (seconds of each call).
-
-    Leaves a cache the user configured for JAX itself alone; an unwritable folder means no cache, not an error.
-    """
-    import jax
-
-    if jax.config.jax_compilation_cache_dir:
-        return Path(jax.config.jax_compilation_cache_dir)
-    path = compile_cache_dir()
-    if path is None:
-        return None
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update(
-        "jax_persistent_cache_min_compile_time_secs", 0.0
-    )  # the query programs are many and small
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
