@@ -26,7 +26,6 @@ DAY = "2024-07-01"
 RUN_CONFIG = {
     "ops": {
         "measurement_sample": {"config": {"sample_rows": 60_000}},
-        "splits": {"config": {"sample_rows": 60_000}},
         "trained_model": {
             "config": {"steps": 400, "warmup_steps": 20}  # the demo's recipe, a sixth of its steps
         },

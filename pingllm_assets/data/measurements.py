@@ -30,20 +30,24 @@ class ParseAssetConfig(dg.Config):
 
 
 class SampleAssetConfig(dg.Config):
-    """Sample size and split shares (SPEC section 2)."""
+    """Sample size (SPEC section 2): the sample's only; `splits` splits whatever sample.parquet holds."""
 
     sample_rows: int = 900_000  # the demo trains on under 2 epochs of its sample
-    seed: int = 0
+    seed: int = 0  # drives which rows are drawn
+
+    def to_core(self) -> SplitConfig:
+        return SplitConfig(**self.model_dump())
+
+
+class SplitsAssetConfig(dg.Config):
+    """Split shares (SPEC section 2)."""
+
+    seed: int = 0  # drives which probes are held out
     heldout_probe_share: float = 0.10
     train_time_share: float = 0.8
 
     def to_core(self) -> SplitConfig:
-        return SplitConfig(
-            sample_rows=self.sample_rows,
-            seed=self.seed,
-            heldout_probe_share=self.heldout_probe_share,
-            train_time_share=self.train_time_share,
-        )
+        return SplitConfig(**self.model_dump())
 
 
 def _day_status(files: int, report: DownloadReport | None) -> str:
@@ -199,7 +203,7 @@ def measurement_sample(
 )
 def splits(
     context: dg.AssetExecutionContext,
-    config: SampleAssetConfig,
+    config: SplitsAssetConfig,
     pingllm: PingllmSettings,
     catalog: DuckDBResource,
 ) -> dg.MaterializeResult:

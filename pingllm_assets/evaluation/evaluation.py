@@ -7,7 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from pingllm_assets.metadata import png_markdown, rounded
-from pingllm_assets.model.train import TrainAssetConfig, trained_model
+from pingllm_assets.model.train import trained_checkpoint, trained_model
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
 from pingllm_core.data import catalog as catalog_lib
@@ -27,7 +27,7 @@ SUMMARY = "median relative error (lower is better)"  # the table the asset page 
 class EvalAssetConfig(dg.Config):
     """Evaluation sizes (rows are drawn reproducibly from `seed`)."""
 
-    run_name: str = ""  # checkpoint folder to evaluate; default: the default tier's folder
+    run_name: str = ""  # checkpoint folder to evaluate; default: the one trained_model last wrote
     rows_per_split: int = 150
     context_rows: int = 40
     live_targets: int = 6
@@ -56,7 +56,7 @@ def evaluation(
 ) -> dg.MaterializeResult:
     """Model vs baselines on held-out probes and future unseen pairs: metrics, the study's figures, a report."""
     layout = pingllm.layout
-    ckpt_dir = layout.checkpoints / (config.run_name or TrainAssetConfig().tier)
+    ckpt_dir = trained_checkpoint(context, layout, config.run_name)
     engine = QueryEngine.load(ckpt_dir)
     truth = None
     if pingllm.source == "synthetic" and layout.ground_truth.exists():

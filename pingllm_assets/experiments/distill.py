@@ -10,7 +10,7 @@ import dagster as dg
 
 from pingllm_assets.data.records import probe_records
 from pingllm_assets.metadata import flat_numbers, png_markdown
-from pingllm_assets.model.train import TrainAssetConfig, trained_model
+from pingllm_assets.model.train import trained_checkpoint, trained_model
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
 from pingllm_core.evaluation.evaluate import load_split
@@ -21,7 +21,7 @@ from pingllm_core.model.transformer import model_config
 class DistilledTiersConfig(dg.Config):
     """Teacher, student shape, distillation budget and the comparison's sizes (defaults: ~2 min on 2 CPUs)."""
 
-    run_name: str = ""  # teacher checkpoint folder under <data root>/checkpoints; default: the default tier's
+    run_name: str = ""  # teacher checkpoint folder under <data root>/checkpoints; default: trained_model's
     student_tier: str = ""  # take the student's shape from this tier (e.g. "small" for a `base` teacher)
     d_model: int = TEST_STUDENT["d_model"]  # student shape when student_tier is empty
     n_layers: int = TEST_STUDENT["n_layers"]
@@ -60,7 +60,7 @@ def distilled_tiers(
                        d_head=config.d_head, d_mlp=config.d_mlp)  # fmt: skip
     out = layout.root / "distill"
     run = build_tiers(
-        layout.checkpoints / (config.run_name or TrainAssetConfig().tier),
+        trained_checkpoint(context, layout, config.run_name),
         layout.records / "train",
         layout.records / "heldout_probes",
         load_split(layout.splits / "heldout_probes.parquet"),

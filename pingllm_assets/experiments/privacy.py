@@ -8,7 +8,7 @@ import dagster as dg
 
 from pingllm_assets.data.records import probe_records
 from pingllm_assets.metadata import flat_numbers, png_markdown
-from pingllm_assets.model.train import TrainAssetConfig, trained_model
+from pingllm_assets.model.train import trained_checkpoint, trained_model
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
 from pingllm_core.experiments.privacy import fig_membership_roc, membership_audit, probe_loss_table
@@ -24,7 +24,7 @@ from pingllm_core.model.checkpoint import load_checkpoint
 class MembershipAuditConfig(dg.Config):
     """Probes and contexts scored on each side (train = members, heldout_probes = non-members)."""
 
-    run_name: str = ""  # checkpoint folder to audit; default: the default tier's folder
+    run_name: str = ""  # checkpoint folder to audit; default: the one trained_model last wrote
     max_probes: int = 60
     contexts_per_probe: int = 2
     seed: int = 0
@@ -36,7 +36,7 @@ def membership_audit_report(
 ) -> dg.MaterializeResult:
     """Loss-based membership inference: can an attacker tell train probes from held-out ones by model loss?"""
     layout = pingllm.layout
-    model, cfg, step = load_checkpoint(layout.checkpoints / (config.run_name or TrainAssetConfig().tier))
+    model, cfg, step = load_checkpoint(trained_checkpoint(context, layout, config.run_name))
     kw = dict(max_probes=config.max_probes, contexts_per_probe=config.contexts_per_probe,
               seq_len=cfg.max_len, seed=config.seed, progress=context.log.info)  # fmt: skip
     members = probe_loss_table(model, layout.records / "train", **kw)

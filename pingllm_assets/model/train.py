@@ -2,6 +2,7 @@
 
 import math
 import shutil
+from pathlib import Path
 
 import dagster as dg
 
@@ -9,42 +10,46 @@ from pingllm_assets.data.records import probe_records
 from pingllm_assets.metadata import png_markdown
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
-from pingllm_core.data.loader import RECIPE_AUGMENTATION, LoaderConfig, iter_eval_batches, make_train_iter
+from pingllm_core.data.loader import iter_eval_batches, make_train_iter
 from pingllm_core.evaluation.evaluate import rtt_byte_losses, rtt_marginal_loss, unigram_cross_entropy
 from pingllm_core.evaluation.figures import fig_loss_curve
 from pingllm_core.model import model_card
 from pingllm_core.model.checkpoint import load_checkpoint
+from pingllm_core.model.recipe import Recipe
 from pingllm_core.model.tracking_mlflow import MlflowTracker
-from pingllm_core.model.train import RECIPE_RTT_LOSS_WEIGHT, TrainConfig, train
-from pingllm_core.model.transformer import model_config
+from pingllm_core.model.train import train
+from pingllm_core.paths import DataLayout
 
 CHECK_LOSS = "heldout_rtt_loss_below_marginal"
+RUN_NAME = "run_name"  # trained_model's metadata key naming its checkpoint folder
+_RECIPE = Recipe()  # the defaults
 
 
 class TrainAssetConfig(dg.Config):
-    """Model tier, step budget, optimiser and data recipe (SPEC section 6; defaults from the ablations in
-    docs/ABLATIONS.md: the demo's 2-core budget)."""
+    """The training recipe's knobs (`pingllm_core.model.recipe.Recipe`: what each does, and the defaults),
+    the held-out batches of the loss check, and the checkpoint folder."""
 
-    tier: str = "tiny"  # tiny (CI, CPU minutes) | small (~10M, laptop) | base (the study's 85M shape)
-    steps: int = 2400  # optimiser steps in this materialization (total, when resuming)
-    batch_size: int = 8  # packed rows per step (small batches: twice the steps in the same CPU time)
-    seq_len: int = 256  # tokens per packed row = the model's context; 1024 (the study's) for small/base
-    lr: float = 3e-3  # peak learning rate; tiny models want more than the study's 1e-4 (base)
-    warmup_steps: int = 50
-    dropout: float = -1.0  # -1: the tier's own; long runs want some (it keeps unseen probes' answers honest)
-    seed: int = 0
-    loader_workers: int = 0  # Grain worker processes; 0 = in-process
+    tier: str = _RECIPE.tier
+    steps: int = _RECIPE.steps
+    batch_size: int = _RECIPE.batch_size
+    seq_len: int = _RECIPE.seq_len
+    lr: float = _RECIPE.lr
+    warmup_steps: int = _RECIPE.warmup_steps
+    dropout: float = _RECIPE.dropout  # -1: the tier's own
+    seed: int = _RECIPE.seed
+    loader_workers: int = _RECIPE.loader_workers
     eval_batches: int = 8  # held-out batches for the eval losses
-    rtt_loss_weight: float = RECIPE_RTT_LOSS_WEIGHT  # the RTT bytes count this many times in the objective
-    # Measurements in a random field order (the rest in query order): fewer is better for RTT answers (see
-    # docs/ABLATIONS.md), some are needed for the inverse queries (destinations, when, counterpart).
-    field_shuffle_share: float = RECIPE_AUGMENTATION["field_shuffle_share"]
-    # Contexts whose sources become unseen hosts in their network.
-    src_remap_share: float = RECIPE_AUGMENTATION["src_remap_share"]
-    short_context_share: float = RECIPE_AUGMENTATION["short_context_share"]  # contexts of 1-8 measurements
+    rtt_loss_weight: float = _RECIPE.rtt_loss_weight
+    field_shuffle_share: float = _RECIPE.field_shuffle_share
+    src_remap_share: float = _RECIPE.src_remap_share
+    short_context_share: float = _RECIPE.short_context_share
     run_name: str = ""  # checkpoint folder under <data root>/checkpoints; default: the tier
     restart: bool = False  # wipe that folder first instead of resuming from it
-    init_from: str = ""  # continue from another checkpoint's weights with a fresh schedule
+    init_from: str = _RECIPE.init_from  # continue from another checkpoint's weights with a fresh schedule
+
+    def recipe(self) -> Recipe:
+        """The core recipe these fields set."""
+        return Recipe(**{name: getattr(self, name) for name in Recipe.knobs()})
 
 
 @dg.asset(
@@ -64,28 +69,7 @@ def trained_model(
     ckpt_dir = layout.checkpoints / run_name
     if config.restart and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
-    overrides = {"dropout": config.dropout} if config.dropout >= 0 else {}
-    model_cfg = model_config(config.tier, max_len=config.seq_len, **overrides)
-    loader_cfg = LoaderConfig(
-        seq_len=config.seq_len,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        workers=config.loader_workers,
-        field_shuffle_share=config.field_shuffle_share,
-        src_remap_share=config.src_remap_share,
-        short_context_share=config.short_context_share,
-    )
-    train_cfg = TrainConfig(
-        steps=config.steps,
-        lr=config.lr,
-        warmup_steps=config.warmup_steps,
-        seed=config.seed,
-        log_every=max(1, config.steps // 20),
-        ckpt_every=max(1, config.steps // 4),
-        eval_every=max(1, config.steps // 4),
-        init_from=config.init_from or None,
-        rtt_loss_weight=config.rtt_loss_weight,
-    )
+    model_cfg, loader_cfg, train_cfg = config.recipe().configs()
     # Held-out probes scored as queries ask: fields in query order, real addresses.
     scoring = loader_cfg.scoring()
     eval_batches = list(iter_eval_batches(layout.records / "heldout_probes", scoring, config.eval_batches))
@@ -138,6 +122,7 @@ def trained_model(
     return dg.MaterializeResult(
         metadata={
             "checkpoint": dg.MetadataValue.path(str(ckpt_dir)),
+            RUN_NAME: run_name,  # the folder under <data root>/checkpoints that later stages read
             "tier": config.tier,
             "params": result.n_params,
             "step": result.step,
@@ -176,3 +161,14 @@ def trained_model(
             )
         ],
     )
+
+
+def trained_checkpoint(context: dg.AssetExecutionContext, layout: DataLayout, run_name: str = "") -> Path:
+    """The checkpoint folder a later stage reads: `run_name`'s under <data root>/checkpoints when given, else
+    the one the latest `trained_model` materialization recorded, else the default tier's (no record)."""
+    if not run_name:
+        event = context.instance.get_latest_materialization_event(trained_model.key)
+        meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        recorded = meta.get(RUN_NAME)
+        run_name = str(recorded.value) if recorded is not None else _RECIPE.tier
+    return layout.checkpoints / run_name

@@ -30,11 +30,6 @@ Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32[B, L]; we
 _ID_RUNS = 16  # segment ids below this are copied from constant runs when packing
 
 
-# The training recipe's augmentation (docs/ABLATIONS.md), for every model trained on the records; the
-# LoaderConfig defaults are the plain stream (every measurement in a random field order, no augmentation).
-RECIPE_AUGMENTATION = {"field_shuffle_share": 0.2, "src_remap_share": 0.3, "short_context_share": 0.3}
-
-
 @dataclass(frozen=True)
 class LoaderConfig:
     """How probe rows become packed training batches."""

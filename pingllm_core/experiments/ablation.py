@@ -28,16 +28,17 @@ from pingllm_core.data.loader import LoaderConfig, iter_eval_batches, make_train
 from pingllm_core.evaluation import metrics as M
 from pingllm_core.evaluation.baselines import fit_all_baselines
 from pingllm_core.evaluation.evaluate import load_split, model_rows, rtt_marginal_loss
+from pingllm_core.model.recipe import Recipe
 from pingllm_core.model.tracking import ListTracker
 from pingllm_core.model.train import TrainConfig, train
-from pingllm_core.model.transformer import ModelConfig, model_config
+from pingllm_core.model.transformer import ModelConfig
 
 CONTEXT_K = 10  # context measurements of the "with context" column
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One training recipe: a tier plus overrides of the model, loader and train configs."""
+    """One training recipe: a tier plus overrides of the model, loader and train configs (over `Recipe`'s)."""
 
     name: str
     tier: str = "tiny"
@@ -47,16 +48,15 @@ class Variant:
     note: str = ""
 
     def configs(self, base: Variant | None = None) -> tuple[ModelConfig, LoaderConfig, TrainConfig]:
-        """(model, loader, train) configs: `base`'s overrides, then this variant's."""
+        """(model, loader, train) configs: the recipe's, then `base`'s overrides, then this variant's; progress
+        lines every 50 steps and no checkpoint before the last step."""
         parts = [base, self] if base is not None else [self]
-        m, lo, tr = {}, {}, {}
+        m, lo, tr = {}, {}, {"log_every": 50, "ckpt_every": 10**9}
         for p in parts:
             m.update(p.model)
             lo.update(p.loader)
             tr.update(p.train)
-        loader = LoaderConfig(**lo)
-        model = model_config(self.tier, **({"max_len": loader.seq_len} | m))
-        return model, loader, TrainConfig(**({"log_every": 50, "ckpt_every": 10**9} | tr))
+        return Recipe(self.tier, model=m, loader=lo, train=tr).configs()
 
 
 def _rows(df, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -472,7 +472,8 @@ def build_tiers(
     import json
     import shutil
 
-    from pingllm_core.data.loader import RECIPE_AUGMENTATION, LoaderConfig, iter_eval_batches, make_train_iter
+    from pingllm_core.data.loader import LoaderConfig, iter_eval_batches, make_train_iter
+    from pingllm_core.model.recipe import RECIPE_AUGMENTATION
 
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)

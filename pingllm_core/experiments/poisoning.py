@@ -541,9 +541,10 @@ def _write_split(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _train_tiny(records_dir: Path, heldout_dir: Path, ckpt_dir: Path, cfg: ExperimentConfig, say):
-    from pingllm_core.data.loader import RECIPE_AUGMENTATION, LoaderConfig, iter_eval_batches, make_train_iter
+    from pingllm_core.data.loader import LoaderConfig, iter_eval_batches, make_train_iter
+    from pingllm_core.model.recipe import RECIPE_AUGMENTATION, RECIPE_RTT_LOSS_WEIGHT
     from pingllm_core.model.tracking import NullTracker
-    from pingllm_core.model.train import RECIPE_RTT_LOSS_WEIGHT, TrainConfig, train
+    from pingllm_core.model.train import TrainConfig, train
     from pingllm_core.model.transformer import model_config
 
     shutil.rmtree(ckpt_dir, ignore_errors=True)

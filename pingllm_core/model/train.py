@@ -32,9 +32,6 @@ from pingllm_core.model.transformer import ModelConfig
 __all__ = ["TrainConfig", "TrainResult", "load_checkpoint", "train"]
 
 
-RECIPE_RTT_LOSS_WEIGHT = 4.0  # the training recipe's weight on the RTT bytes (docs/ABLATIONS.md)
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, schedule, logging and checkpoint settings of one training run."""
