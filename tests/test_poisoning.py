@@ -72,7 +72,7 @@ def test_injection_labels_and_rewrites_exactly_what_it_says() -> None:
             assert moved.sum() == round(0.5 * len(rows))
             assert (d0[~moved] == d1[~moved]).all() and (r0[~moved] == r1[~moved]).all()
             assert set(address_prefix(d1[moved])) <= set(truth.fake_prefixes)
-            assert not set(address_prefix(d1[moved])) & P._used_prefixes(clean)  # unused prefixes
+            assert not set(address_prefix(d1[moved])) & P.used_prefixes(clean)  # unused prefixes
             assert np.isin(r1[moved], r0[r0 > 0]).all()  # plausible: the probe's own RTTs
     syb = df.iloc[len(clean) :]
     assert (truth.row_kind[len(clean) :] == "sybil").all()

@@ -16,7 +16,7 @@ from pingllm_core.data import tokens as T
 from pingllm_core.evaluation import figures as F
 from pingllm_core.evaluation import metrics as M
 from pingllm_core.evaluation.baselines import fit_all_baselines, to_unix_seconds
-from pingllm_core.evaluation.report import write_report
+from pingllm_core.evaluation.report import jsonable, write_report
 
 LOG_FLOOR = 1e-12  # probability floor for log P of a code the pruned distribution does not hold
 
@@ -297,13 +297,9 @@ def evaluate(
     figures += _live_grid(engine, splits, cfg, truth, metrics, fig_dir)
     figures += _mode_accuracy(engine, splits["heldout_probes"], cfg, metrics, fig_dir)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_jsonable))
+    (out_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1))
     report = write_report(out_dir / "report.md", metrics, figures, asdict(cfg))
     return EvalResult(metrics=metrics, figures=figures, report=report, seconds=metrics["seconds"])
-
-
-def _jsonable(x):
-    return x.item() if isinstance(x, np.generic) else str(x)
 
 
 def _context_curve(engine, splits, history, cfg, rng, metrics, fig_dir, say) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Evaluation figures (SPEC section 8) as PNG files, plus a Markdown table helper for the report.
+"""Evaluation figures (SPEC section 8) and the experiments' (privacy, poisoning) as PNG files, plus a Markdown
+table helper for the report.
 
 Every figure function writes one PNG at `path` (parent folders created) and returns the Path.
 Matplotlib runs on the non-interactive Agg backend; figures are closed after saving.
@@ -16,8 +17,12 @@ matplotlib.use("Agg")  # headless: figures are files, never windows
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from pingllm_core.evaluation.metrics import finite_values, membership_audit, roc_points  # noqa: E402
 
 DPI = 110  # readable on screen and in MLflow without huge files
 
@@ -199,6 +204,88 @@ def fig_loss_curve(
     ax.set(title="Training loss", xlabel="step", ylabel="cross-entropy [nats/token]")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def fig_membership_roc(
+    member_losses: np.ndarray | Mapping[str, np.ndarray],
+    nonmember_losses: np.ndarray | Mapping[str, np.ndarray],
+    path: str | Path,
+    title: str = "loss-threshold membership inference",
+) -> Path:
+    """ROC (linear and log-log) and loss histograms of the membership attack (experiments.privacy).
+
+    Pass arrays for one curve, or two mappings with the same keys (e.g. "probe", "context", "dst field")
+    for several curves on the same axes; the histogram panel shows the first.
+    """
+    if isinstance(member_losses, Mapping) != isinstance(nonmember_losses, Mapping):
+        raise TypeError("pass two arrays or two mappings with the same keys")
+    if isinstance(member_losses, Mapping):
+        curves = {k: (member_losses[k], nonmember_losses[k]) for k in member_losses}
+    else:
+        curves = {"per-probe loss": (member_losses, nonmember_losses)}
+    fig, (ax_lin, ax_log, ax_hist) = plt.subplots(1, 3, figsize=(13.5, 4.2))
+    for name, (m, n) in curves.items():
+        fpr, tpr, _ = roc_points(m, n)
+        res = membership_audit(m, n)
+        label = f"{name}: AUC {res['auc']:.3f}, TPR@1% {res['tpr_at_1pct_fpr']:.3f}"
+        ax_lin.plot(fpr, tpr, label=label)
+        floor = 0.5 / max(res["n_nonmembers"], res["n_members"])  # where zeros go on the log axes
+        ax_log.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=name)
+    for ax in (ax_lin, ax_log):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+        ax.set_xlabel("false positive rate (non-members flagged)")
+        ax.set_ylabel("true positive rate (members found)")
+    ax_lin.set_title(title)
+    ax_lin.legend(fontsize=8, loc="lower right")
+    ax_log.set_xscale("log")
+    ax_log.set_yscale("log")
+    ax_log.set_title("low-FPR regime (log-log)")
+    m0, n0 = (finite_values(a) for a in next(iter(curves.values())))
+    edges = np.linspace(min(m0.min(), n0.min()), max(m0.max(), n0.max()) + 1e-9, 31)
+    ax_hist.hist(n0, bins=edges, alpha=0.6, density=True, label=f"non-members (n={len(n0)})")
+    ax_hist.hist(m0, bins=edges, alpha=0.6, density=True, label=f"members (n={len(m0)})")
+    ax_hist.set_xlabel(f"{next(iter(curves))} (mean token NLL, nats)")
+    ax_hist.set_ylabel("density")
+    ax_hist.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def fig_poisoning(
+    scores: Mapping[str, pd.Series],
+    liar_ids: np.ndarray,
+    accuracy: Mapping[str, Mapping[str, float]],
+    path: str | Path,
+) -> Path:
+    """ROC curves of each poisoning detector (all liars: probes in `liar_ids`) and bars of median relative
+    error per model and training set (experiments.poisoning)."""
+    fig, (ax_roc, ax_bar) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for name, sc in scores.items():
+        lab = np.isin(sc.index.to_numpy(), liar_ids)
+        s = sc.to_numpy(np.float64)
+        s = np.where(np.isfinite(s), s, np.nanmin(s) - 1 if np.isfinite(s).any() else 0.0)
+        if lab.all() or not lab.any():
+            continue
+        fpr, tpr, _ = roc_curve(lab, s)
+        ax_roc.plot(fpr, tpr, label=f"{name}: AUC {roc_auc_score(lab, s):.3f}")
+    ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    ax_roc.axvline(0.05, color="grey", linewidth=0.6, linestyle="--")
+    ax_roc.set_xlabel("false positive rate (honest probes flagged)")
+    ax_roc.set_ylabel("true positive rate (liars found)")
+    ax_roc.set_title(f"poisoning detection ({len(liar_ids)} liars)")
+    ax_roc.legend(fontsize=8, loc="lower right")
+    groups = list(accuracy)
+    sets = sorted({k for g in accuracy.values() for k in g}, key=["clean", "poisoned", "cleaned"].index)
+    width = 0.8 / max(len(sets), 1)
+    for i, s in enumerate(sets):
+        vals = [accuracy[g].get(s, np.nan) for g in groups]
+        ax_bar.bar(
+            np.arange(len(groups)) + (i - (len(sets) - 1) / 2) * width, vals, width, label=f"trained on {s}"
+        )
+    ax_bar.set_xticks(np.arange(len(groups)), groups, fontsize=8, rotation=12)
+    ax_bar.set_ylabel("median relative error of the predicted median RTT")
+    ax_bar.set_title("accuracy on the same held-out rows")
+    ax_bar.legend(fontsize=8)
     return _save(fig, path)
 
 

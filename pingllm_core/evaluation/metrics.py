@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC section 8): pure functions on numpy arrays.
+"""Evaluation metrics (SPEC section 8) and the membership-inference audit's: pure functions on numpy arrays.
 
 Units: RTT values and errors are milliseconds; relative errors are fractions (0.1 = 10%); NLL is
 nats per measurement; CRPS is milliseconds; KL is nats. A failed measurement (rtt = -1.0) never enters
@@ -7,11 +7,12 @@ an RTT metric: callers pass successful rows, and the point metrics drop rows wit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 NLL_EPS = 1e-12  # probability floor so a zero-probability true code costs ~27.6 nats, not infinity
 KL_EPS = 1e-4  # additive smoothing (probability per bin) so empty predicted bins keep KL finite
@@ -205,3 +206,66 @@ def slice_table(
         key = key if isinstance(key, tuple) else (key,)
         rows.append(dict(zip(group_cols, key, strict=True)) | dict(metric_fn(sub)))
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------ membership inference (experiments.privacy)
+
+
+def finite_values(a) -> np.ndarray:
+    """`a` flattened to float64, non-finite values dropped."""
+    a = np.asarray(a, np.float64).reshape(-1)
+    return a[np.isfinite(a)]
+
+
+def roc_points(member_losses, nonmember_losses) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, loss threshold) of the attack "member iff loss <= threshold", every threshold kept."""
+    m, n = finite_values(member_losses), finite_values(nonmember_losses)
+    if not len(m) or not len(n):
+        raise ValueError("membership ROC needs at least one finite member and one finite non-member loss")
+    labels = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
+    fpr, tpr, thr = roc_curve(labels, -np.concatenate([m, n]), drop_intermediate=False)
+    return fpr, tpr, -thr
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
+    """Largest TPR of any threshold whose FPR is <= max_fpr (no interpolation between thresholds)."""
+    ok = fpr <= max_fpr + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def membership_audit(member_losses, nonmember_losses) -> dict:
+    """Loss-threshold membership inference metrics (score = -loss; non-finite losses are dropped).
+
+    Keys: n_members, n_nonmembers, auc, auc_se (Hanley-McNeil standard error), tpr_at_1pct_fpr,
+    tpr_at_10pct_fpr, advantage (max TPR - FPR over thresholds) and its loss threshold, the Yeom et al.
+    attack with the mean member loss as threshold (yeom_tpr, yeom_fpr, yeom_advantage), mean losses of both
+    groups, and fpr_resolution = 1 / n_nonmembers (a TPR at an FPR below it means "at zero false positives").
+    """
+    m, n = finite_values(member_losses), finite_values(nonmember_losses)
+    fpr, tpr, thr = roc_points(m, n)
+    labels = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
+    auc = float(roc_auc_score(labels, -np.concatenate([m, n])))
+    # Hanley & McNeil (Radiology 1982): standard error of the AUC from the two sample sizes.
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (len(m) - 1) * (q1 - auc**2) + (len(n) - 1) * (q2 - auc**2)) / (len(m) * len(n))
+    gap = tpr - fpr
+    best = int(np.argmax(gap))
+    yeom_thr = float(m.mean())
+    yeom_tpr, yeom_fpr = float((m <= yeom_thr).mean()), float((n <= yeom_thr).mean())
+    return {
+        "n_members": len(m),
+        "n_nonmembers": len(n),
+        "auc": auc,
+        "auc_se": float(math.sqrt(max(var, 0.0))),
+        "tpr_at_1pct_fpr": tpr_at_fpr(fpr, tpr, 0.01),
+        "tpr_at_10pct_fpr": tpr_at_fpr(fpr, tpr, 0.10),
+        "advantage": float(gap[best]),
+        "advantage_threshold": float(thr[best]),
+        "yeom_threshold": yeom_thr,
+        "yeom_tpr": yeom_tpr,
+        "yeom_fpr": yeom_fpr,
+        "yeom_advantage": yeom_tpr - yeom_fpr,
+        "member_loss_mean": float(m.mean()),
+        "nonmember_loss_mean": float(n.mean()),
+        "fpr_resolution": 1.0 / len(n),
+    }

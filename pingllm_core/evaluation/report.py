@@ -3,6 +3,7 @@
 `report.md` is one self-contained file: the figures are embedded as data URIs in reference-style image
 links at its end, so the text stays readable in a terminal and the images load in any Markdown view,
 the Dagster UI's included (which resolves relative links against its own URL, where no figure lives).
+`jsonable` prepares metrics for a metrics.json (this report's and the experiments').
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from pingllm_core.evaluation.figures import markdown_table
 
@@ -123,3 +126,18 @@ def write_report(path: Path, metrics: Mapping, figures: Sequence[Path], config: 
     """Write report.md (see `report_markdown`) and return its path."""
     path.write_text(report_markdown(metrics, figures, config))
     return path
+
+
+def jsonable(x: object, nan: object = math.nan) -> object:
+    """`x` with numpy scalars as Python numbers, tuples as lists, dict keys JSON cannot hold as str, float NaN
+    as `nan` (None writes null, the default NaN writes `NaN`) and anything else JSON cannot hold as str(x)."""
+    if isinstance(x, dict):
+        keys = (str, int, float, bool, type(None))
+        return {(k if isinstance(k, keys) else str(k)): jsonable(v, nan) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v, nan) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and x != x:
+        return nan
+    return x if isinstance(x, str | int | float | bool | type(None)) else str(x)

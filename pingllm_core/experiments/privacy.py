@@ -20,13 +20,14 @@ time window, so the comparison is not confounded by time drift). The audit repor
 Principles", IEEE S&P 2022) and the membership advantage max(TPR - FPR) of Yeom et al.
 
 This is a *lower bound* on leakage: a stronger attack (LiRA with shadow models, reference-model
-calibration) can only do better. Pure library: no Dagster imports.
+calibration) can only do better. The audit's numbers (`membership_audit`, `roc_points`, `tpr_at_fpr`) live in
+evaluation.metrics and its figure (`fig_membership_roc`) in evaluation.figures; both are re-exported here.
+Pure library: no Dagster imports.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from pingllm_core.data import records, tokens
-from pingllm_core.evaluation import figures
+from pingllm_core.evaluation.figures import fig_membership_roc  # noqa: F401  (re-exported)
+from pingllm_core.evaluation.metrics import membership_audit, roc_points, tpr_at_fpr  # noqa: F401  (re-exported)
 from pingllm_core.model.transformer import Transformer
 from pingllm_core.query.context import FIELD_ORDER
 
@@ -231,112 +232,3 @@ def probe_losses(
 ) -> np.ndarray:
     """Per-probe mean token NLL (nats), float64[p]: the input of `membership_audit`."""
     return probe_loss_table(model, source, max_probes, contexts_per_probe, seq_len, seed).loss
-
-
-# ---------------------------------------------------------------------------------------------- audit
-
-
-def _clean(a) -> np.ndarray:
-    a = np.asarray(a, np.float64).reshape(-1)
-    return a[np.isfinite(a)]
-
-
-def roc_points(member_losses, nonmember_losses) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, loss threshold) of the attack "member iff loss <= threshold", every threshold kept."""
-    m, n = _clean(member_losses), _clean(nonmember_losses)
-    if not len(m) or not len(n):
-        raise ValueError("membership ROC needs at least one finite member and one finite non-member loss")
-    labels = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
-    fpr, tpr, thr = roc_curve(labels, -np.concatenate([m, n]), drop_intermediate=False)
-    return fpr, tpr, -thr
-
-
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
-    """Largest TPR of any threshold whose FPR is <= max_fpr (no interpolation between thresholds)."""
-    ok = fpr <= max_fpr + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-def membership_audit(member_losses, nonmember_losses) -> dict:
-    """Loss-threshold membership inference metrics (score = -loss; non-finite losses are dropped).
-
-    Keys: n_members, n_nonmembers, auc, auc_se (Hanley-McNeil standard error), tpr_at_1pct_fpr,
-    tpr_at_10pct_fpr, advantage (max TPR - FPR over thresholds) and its loss threshold, the Yeom et al.
-    attack with the mean member loss as threshold (yeom_tpr, yeom_fpr, yeom_advantage), mean losses of both
-    groups, and fpr_resolution = 1 / n_nonmembers (a TPR at an FPR below it means "at zero false positives").
-    """
-    m, n = _clean(member_losses), _clean(nonmember_losses)
-    fpr, tpr, thr = roc_points(m, n)
-    labels = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
-    auc = float(roc_auc_score(labels, -np.concatenate([m, n])))
-    # Hanley & McNeil (Radiology 1982): standard error of the AUC from the two sample sizes.
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (len(m) - 1) * (q1 - auc**2) + (len(n) - 1) * (q2 - auc**2)) / (len(m) * len(n))
-    gap = tpr - fpr
-    best = int(np.argmax(gap))
-    yeom_thr = float(m.mean())
-    yeom_tpr, yeom_fpr = float((m <= yeom_thr).mean()), float((n <= yeom_thr).mean())
-    return {
-        "n_members": len(m),
-        "n_nonmembers": len(n),
-        "auc": auc,
-        "auc_se": float(math.sqrt(max(var, 0.0))),
-        "tpr_at_1pct_fpr": tpr_at_fpr(fpr, tpr, 0.01),
-        "tpr_at_10pct_fpr": tpr_at_fpr(fpr, tpr, 0.10),
-        "advantage": float(gap[best]),
-        "advantage_threshold": float(thr[best]),
-        "yeom_threshold": yeom_thr,
-        "yeom_tpr": yeom_tpr,
-        "yeom_fpr": yeom_fpr,
-        "yeom_advantage": yeom_tpr - yeom_fpr,
-        "member_loss_mean": float(m.mean()),
-        "nonmember_loss_mean": float(n.mean()),
-        "fpr_resolution": 1.0 / len(n),
-    }
-
-
-# --------------------------------------------------------------------------------------------- figure
-
-
-def fig_membership_roc(
-    member_losses: np.ndarray | Mapping[str, np.ndarray],
-    nonmember_losses: np.ndarray | Mapping[str, np.ndarray],
-    path: str | Path,
-    title: str = "loss-threshold membership inference",
-) -> Path:
-    """ROC (linear and log-log) and loss histograms of the attack; one PNG at `path`.
-
-    Pass arrays for one curve, or two mappings with the same keys (e.g. "probe", "context", "dst field")
-    for several curves on the same axes; the histogram panel shows the first.
-    """
-    if isinstance(member_losses, Mapping) != isinstance(nonmember_losses, Mapping):
-        raise TypeError("pass two arrays or two mappings with the same keys")
-    if isinstance(member_losses, Mapping):
-        curves = {k: (member_losses[k], nonmember_losses[k]) for k in member_losses}
-    else:
-        curves = {"per-probe loss": (member_losses, nonmember_losses)}
-    fig, (ax_lin, ax_log, ax_hist) = figures.plt.subplots(1, 3, figsize=(13.5, 4.2))
-    for name, (m, n) in curves.items():
-        fpr, tpr, _ = roc_points(m, n)
-        res = membership_audit(m, n)
-        label = f"{name}: AUC {res['auc']:.3f}, TPR@1% {res['tpr_at_1pct_fpr']:.3f}"
-        ax_lin.plot(fpr, tpr, label=label)
-        floor = 0.5 / max(res["n_nonmembers"], res["n_members"])  # where zeros go on the log axes
-        ax_log.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=name)
-    for ax in (ax_lin, ax_log):
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-        ax.set_xlabel("false positive rate (non-members flagged)")
-        ax.set_ylabel("true positive rate (members found)")
-    ax_lin.set_title(title)
-    ax_lin.legend(fontsize=8, loc="lower right")
-    ax_log.set_xscale("log")
-    ax_log.set_yscale("log")
-    ax_log.set_title("low-FPR regime (log-log)")
-    m0, n0 = (_clean(a) for a in next(iter(curves.values())))
-    edges = np.linspace(min(m0.min(), n0.min()), max(m0.max(), n0.max()) + 1e-9, 31)
-    ax_hist.hist(n0, bins=edges, alpha=0.6, density=True, label=f"non-members (n={len(n0)})")
-    ax_hist.hist(m0, bins=edges, alpha=0.6, density=True, label=f"members (n={len(m0)})")
-    ax_hist.set_xlabel(f"{next(iter(curves))} (mean token NLL, nats)")
-    ax_hist.set_ylabel("density")
-    ax_hist.legend(fontsize=8)
-    return figures._save(fig, path)
