@@ -58,7 +58,7 @@ def distilled_tiers(
     else:
         student = dict(d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads,
                        d_head=config.d_head, d_mlp=config.d_mlp)  # fmt: skip
-    out = layout.root / "distill"
+    out = layout.distill
     run = build_tiers(
         trained_checkpoint(context, layout, config.run_name),
         layout.records / "train",

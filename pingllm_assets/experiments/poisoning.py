@@ -44,7 +44,7 @@ def poisoning_report(
         model_rows=config.model_rows,
         seed=config.seed,
     )
-    out = layout.root / "poisoning"
+    out = layout.poisoning
     result = run_experiment(layout.splits, out, cfg, world=world, progress=context.log.info)
     det = result.metrics["detection"]
     context.log.info(

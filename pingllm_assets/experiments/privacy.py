@@ -42,7 +42,7 @@ def membership_audit_report(
     members = probe_loss_table(model, layout.records / "train", **kw)
     outsiders = probe_loss_table(model, layout.records / "heldout_probes", **kw)
     audit = membership_audit(members.loss, outsiders.loss)
-    out = layout.root / "privacy"
+    out = layout.privacy
     out.mkdir(parents=True, exist_ok=True)
     fig = fig_membership_roc(members.loss, outsiders.loss, out / "membership_roc.png")
     context.log.info(
@@ -78,7 +78,7 @@ def privacy_mitigation_report(
     layout = pingllm.layout
     cfg = MitigationConfig(**{**config.model_dump(), "noise_multipliers": tuple(config.noise_multipliers)})
     runs = run_mitigation(layout.records / "train", layout.records / "heldout_probes", cfg, context.log.info)
-    out = layout.root / "privacy"
+    out = layout.privacy
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(runs)
     (out / "mitigation.md").write_text(table)

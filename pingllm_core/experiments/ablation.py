@@ -32,6 +32,7 @@ from pingllm_core.model.recipe import Recipe
 from pingllm_core.model.tracking import ListTracker
 from pingllm_core.model.train import TrainConfig, train
 from pingllm_core.model.transformer import ModelConfig
+from pingllm_core.paths import DataLayout
 
 CONTEXT_K = 10  # context measurements of the "with context" column
 
@@ -100,7 +101,7 @@ def run_variant(variant: Variant, data_root: Path, rows: dict[str, Any], base: V
     from pingllm_core.query.engine import QueryEngine
 
     model_cfg, loader_cfg, train_cfg = variant.configs(base)
-    records = data_root / "records"
+    records = DataLayout(data_root).records
     # Scored as queries ask: fields in query order, real sources (the same batches for every recipe).
     eval_cfg = loader_cfg.scoring()
     held = list(iter_eval_batches(records / "heldout_probes", eval_cfg, eval_batches))
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = eval_rows(args.data_root / "splits", args.rows)
+    rows = eval_rows(DataLayout(args.data_root).splits, args.rows)
     baselines = {name: r["baselines"] for name, r in rows.items()}
     done: dict[str, dict] = {}
     if (args.out / "results.json").exists() and not args.fresh:

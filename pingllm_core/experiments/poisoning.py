@@ -44,6 +44,7 @@ from pingllm_core.experiments.poisoning_inject import (  # noqa: F401  (re-expor
     inject_poison,
     used_prefixes,
 )
+from pingllm_core.paths import DataLayout
 
 # ------------------------------------------------------------------------------------------ experiment
 
@@ -138,10 +139,11 @@ def run_experiment(
     # ---- detectors
     cons = consistency_scores(poisoned, cfg.consistency)
     scores = {"consistency": cons["score"]}
-    paths = {"poisoned": _write_split(poisoned, out_dir / "splits" / "poisoned_train.parquet"),
-             "heldout": _write_split(heldout, out_dir / "splits" / "heldout_probes.parquet")}  # fmt: skip
+    run = DataLayout(out_dir)  # the experiment's own splits/, records/ and checkpoints/
+    paths = {"poisoned": _write_split(poisoned, run.splits / "poisoned_train.parquet"),
+             "heldout": _write_split(heldout, run.splits / "heldout_probes.parquet")}  # fmt: skip
     rec_cfg = records.RecordsConfig(shards=1)
-    rec = {k: out_dir / "records" / k for k in paths}
+    rec = {k: run.records / k for k in paths}
     for k, p in paths.items():
         records.write_probe_records(p, rec[k], rec_cfg)
     results = {}
@@ -150,9 +152,9 @@ def run_experiment(
 
         say("poisoning: training on the poisoned split")
         results["poisoned"] = _train_tiny(
-            rec["poisoned"], rec["heldout"], out_dir / "checkpoints" / "poisoned", cfg, say
+            rec["poisoned"], rec["heldout"], run.checkpoints / "poisoned", cfg, say
         )
-        model, _, _ = load_checkpoint(out_dir / "checkpoints" / "poisoned")
+        model, _, _ = load_checkpoint(run.checkpoints / "poisoned")
         nll = nll_scores(model, rec["poisoned"], cfg.nll_contexts, cfg.seq_len, cfg.seed, say)
         scores["nll"] = nll["nll"].reindex(cons.index)
         scores["combined"] = rank_average({"nll": scores["nll"], "consistency": scores["consistency"]})
@@ -195,12 +197,12 @@ def run_experiment(
     metrics["eval_rows"] = {k: len(v) for k, v in evals.items()}
     accuracy = {f"PPM {k}": v for k, v in base.items()}
     if cfg.train_steps > 0:
-        paths["cleaned"] = _write_split(cleaned, out_dir / "splits" / "cleaned_train.parquet")
-        rec["cleaned"] = out_dir / "records" / "cleaned"
+        paths["cleaned"] = _write_split(cleaned, run.splits / "cleaned_train.parquet")
+        rec["cleaned"] = run.records / "cleaned"
         records.write_probe_records(paths["cleaned"], rec["cleaned"], rec_cfg)
         say("poisoning: training on the cleaned split")
         results["cleaned"] = _train_tiny(
-            rec["cleaned"], rec["heldout"], out_dir / "checkpoints" / "cleaned", cfg, say
+            rec["cleaned"], rec["heldout"], run.checkpoints / "cleaned", cfg, say
         )
         metrics["model_eval_loss"] = {k: float(r.eval_loss) for k, r in results.items()}
         rows = _model_eval_rows(evals, cfg)
@@ -208,7 +210,7 @@ def run_experiment(
         from pingllm_core.query.engine import QueryEngine
 
         for s in ("poisoned", "cleaned"):
-            eng = QueryEngine.load(out_dir / "checkpoints" / s)
+            eng = QueryEngine.load(run.checkpoints / s)
             pred = np.array(
                 [
                     eng.predict(a, b, time=None).median

@@ -9,6 +9,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
+from pingllm_core.paths import DataLayout
+
 # MLflow 3's UI opens an experiment without this tag on its GenAI pages (traces); ours is a classic model run.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _PARAM_MAX = 6000  # MLflow's param value length limit (chars); longer values are truncated
@@ -17,14 +19,14 @@ _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 def local_tracking_uri(root: str | Path) -> str:
     """The embedded default: a SQLite backend at <root>/mlflow/mlflow.db."""
-    db = Path(root).absolute() / "mlflow" / "mlflow.db"
+    db = DataLayout(Path(root).absolute()).mlflow / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
 
 
 def local_artifact_location(root: str | Path) -> str:
     """Artifacts of the embedded default live in <root>/mlflow/artifacts."""
-    path = Path(root).absolute() / "mlflow" / "artifacts"
+    path = DataLayout(Path(root).absolute()).mlflow / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path.as_uri()
 
@@ -34,7 +36,7 @@ def experiment_ui_url(
 ) -> str:
     """Where `mlflow ui` shows `experiment`'s runs (its model-training view, not the GenAI pages)."""
     base = f"http://{host}:{port}/"
-    if not (Path(root).absolute() / "mlflow" / "mlflow.db").exists():
+    if not (DataLayout(Path(root).absolute()).mlflow / "mlflow.db").exists():
         return base
     found = mlflow.MlflowClient(tracking_uri=local_tracking_uri(root)).get_experiment_by_name(experiment)
     if found is None:
