@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pingllm_core.ingest.parse as parse_mod
+import pingllm_core.ingest.parse_block as parse_block
 from pingllm_core.ingest.parse import MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
 
 REAL = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
@@ -154,7 +154,7 @@ def test_invalid_utf8_inside_a_json_string_is_one_reject_and_the_next_file_keeps
 def test_an_engine_failure_fails_only_its_file_and_the_next_file_gets_a_fresh_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fast = parse_mod.parse_fast
+    real_fast = parse_block.parse_fast
     broken: list[duckdb.DuckDBPyConnection] = []
 
     def fails_once(con, *args, **kwargs):
@@ -170,7 +170,7 @@ def test_an_engine_failure_fails_only_its_file_and_the_next_file_gets_a_fresh_co
             broken[0].execute("SELECT 1").fetchall()
         return real_fast(con, *args, **kwargs)
 
-    monkeypatch.setattr(parse_mod, "parse_fast", fails_once)
+    monkeypatch.setattr(parse_block, "parse_fast", fails_once)
     first = _write(tmp_path / "ping-a.bz2", [json.dumps(_ping(0)).encode()])
     summary = parse_files([first, STARLINK], tmp_path / "out" / "part-0.parquet", ParseConfig(workers=1))
     assert list(summary.failed) == [str(first)], summary.failed
