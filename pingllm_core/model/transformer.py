@@ -345,7 +345,8 @@ class Transformer(nnx.Module):
         x_BxLxD = self.embed(tokens_BxL)
         return x_BxLxD if self.roles is None else x_BxLxD + self.roles(roles_BxL)
 
-    def _logits(self, x_BxLxD: jax.Array) -> jax.Array:
+    def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+        """Logits [B, L, V] float32 of a residual stream: final norm, then the (tied) unembedding."""
         x_BxLxD = self.final_norm(x_BxLxD).astype(jnp.float32)
         if self.unembed is None:
             # Tied output in float32: V = 267 so this matmul is cheap and the softmax stays exact.
@@ -382,7 +383,7 @@ class Transformer(nnx.Module):
             x_BxLxD = block(
                 x_BxLxD, positions_BxL, mask_Bx1xLxL, deterministic=deterministic, impl=impl, packed=packed
             )
-        return self._logits(x_BxLxD)
+        return self.logits(x_BxLxD)
 
     def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for `batch` sequences of up to `max_len` tokens."""
@@ -418,7 +419,7 @@ class Transformer(nnx.Module):
             ks.append(k)
             vs.append(v)
         new_cache = KVCache(k=jnp.stack(ks), v=jnp.stack(vs), length=start + t, role=roles_BxT[:, -1])
-        return self._logits(x_BxTxD), new_cache
+        return self.logits(x_BxTxD), new_cache
 
 
 @nnx.jit

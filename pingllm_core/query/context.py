@@ -18,14 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from pingllm_core.data import tokens
-from pingllm_core.query.inputs import (  # noqa: F401  (re-exported: older imports of these names)
-    FamilyError,
+from pingllm_core.query.inputs import (
     QueryError,
     check_families,
     check_rtt,
     check_time_range,
     family_or_none,
-    is_public,
     parse_ip,
     parse_time,
     public_or_none,

@@ -3,17 +3,27 @@
 Queries run many short continuations of one shared prefix: every row attends to the shared prefix's keys
 (one batch-1 cache, read by every row, never copied per row), to ancestors in a node store (trie levels
 shared by several rows, read by index) and to its own tokens. `Decoder` holds the jitted functions for one
-model structure:
+model structure, `Runner` binds them to one model's weights (what `engine` and `rank` call):
 
 - `prefill`: a whole (padded) prompt into a batch-1 cache, in one call;
 - `cascade`: rows continuing the prefix plus their own cached tokens (byte 2 given byte 1 in `predict`);
-- `trie_level` / `leaf`: the ranking path (`query_rank.py`), see there.
+- `trie_level` / `leaf`: the ranking path (`rank.py`), see there;
+- `extend` (`extend_jit`, the model's own `decode` on a gathered cache): the inverse queries' beam search.
 
-The layers run under `lax.scan` over the blocks' stacked parameters (`split_blocks`), so that a function
-compiles one block instead of n_layers (seconds less per shape); each block is the model's own `Block`
-(norms, projections, MLP) and the logits are the model's own. The math must match `Transformer.decode`;
-the tests check it against full forward passes and one-by-one `predict`. `extend_jit` (the model's own
-`decode` on a gathered cache) serves the inverse queries' beam search.
+Why attention and RoPE are written here a second time, beside `model/transformer.py`: the model's
+`Block.decode` attends over one per-row cache with a [B, 1, T, S] mask (`jax.nn.dot_product_attention`), so
+a shared prefix would be copied into every row's cache (rows x layers x length x width per call) and its
+scores computed once per row. Here the prefix's keys stay batch 1 and the scores are split into prefix, node
+store and own keys (one softmax in two parts, `_softmax`), in layouts chosen for XLA's CPU matmuls: the same
+math in another summation order, so neither path can replace the other without moving results in the last
+float bits, and the training forward (packed segments, cuDNN) has no shared prefix to exploit. Scanning the
+model's own layers instead would change its parameter tree, and with it every checkpoint. What is shared is
+every learned piece: each block is the model's own `Block` (norms, projections, MLP) under `lax.scan` over
+its stacked parameters (`split_blocks`: one block compiles instead of n_layers), the embedding is
+`Transformer.embed_tokens`, the logits `Transformer.logits`, the rotation is read off the model's `rope`
+(`_rope_table`). The two agree by test, in tests/test_query.py: `test_decode_logits_equal_the_model_forward`
+(prefill and cascade against `Transformer.__call__`), `test_kv_cache_path_matches_full_forward` (predict)
+and the rank tests (trie levels and leaves against one-by-one `predict`).
 """
 
 from __future__ import annotations
@@ -233,7 +243,7 @@ def _prefill(graphdef, bgraph, state, blocks, tokens_1xL, n, capacity: int) -> t
     pos = jnp.arange(size)[None]
     roles = T.token_roles(tokens_1xL, jnp)
     x, k, v = _stack(model, bgraph, blocks, tokens_1xL, roles, pos, empty, store, anc, None, causal, size)
-    logp_LxV = jax.nn.log_softmax(model._logits(x[0]))
+    logp_LxV = jax.nn.log_softmax(model.logits(x[0]))
     pad = ((0, 0), (0, 0), (0, capacity - size), (0, 0), (0, 0))
     k, v = (jnp.pad(kv.full(), pad).astype(cfg.compute_dtype) for kv in (k, v))
     return logp_LxV, KVCache(k, v, jnp.asarray(n, jnp.int32), jax.lax.dynamic_slice(roles[0], (n - 1,), (1,)))
@@ -254,7 +264,7 @@ def _cascade(graphdef, bgraph, state, blocks, prefix: KVCache, own_k, own_v, row
     store, anc = _empty_store(model, b)
     prev = (KV.of(own_k), KV.of(own_v))
     x, k, v = _stack(model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc, prev, own_ok, t)
-    logp = jax.nn.log_softmax(model._logits(x))  # the model's own final norm and (tied) unembedding
+    logp = jax.nn.log_softmax(model.logits(x))  # the model's own final norm and (tied) unembedding
     return logp, jnp.concatenate([own_k, k.full()], 2), jnp.concatenate([own_v, v.full()], 2)
 
 
@@ -325,7 +335,7 @@ def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, an
     x, k, v = _stack(
         model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc_BxA, None, causal_TxT, n_out
     )
-    logp = jax.nn.log_softmax(model._logits(x))  # the model's own final norm and (tied) unembedding
+    logp = jax.nn.log_softmax(model.logits(x))  # the model's own final norm and (tied) unembedding
     if not expand:
         return logp, None, None
     b1_B = median_bucket(logp[:, -1, T.BYTE0 :], b1_ok_256, b1_by_lo_256, min_prob, 1e-9)
@@ -338,7 +348,7 @@ def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, an
     roles2 = jnp.broadcast_to(T.continue_roles(roles[:, -1], b1_BxE[:, :1] + T.BYTE0, jnp), (b, e))
     x2, _, _ = _stack(model, bgraph, blocks, T.BYTE0 + b1_BxE, roles2, pos_1xE, prefix, store, anc_BxA, (k, v),
                       own_ok_ExJ, e)  # fmt: skip
-    return logp, b1_BxE, jax.nn.log_softmax(model._logits(x2))
+    return logp, b1_BxE, jax.nn.log_softmax(model.logits(x2))
 
 
 class Decoder:
@@ -359,3 +369,34 @@ class Decoder:
 def decoder(graphdef: nnx.GraphDef, bgraph: nnx.GraphDef) -> Decoder:
     """The `Decoder` of a model structure: compiled once per shape, shared by every engine of that model."""
     return Decoder(graphdef, bgraph)
+
+
+class Runner:
+    """The `Decoder` of a model and `extend_jit` bound to its weights, one per engine: `graphdef`/`state` are
+    the model split at query-time numerics, `model` the merged module (its blocks' parameters are stacked
+    here once). Each method is the module function of the same name."""
+
+    def __init__(self, graphdef: nnx.GraphDef, state: nnx.State, model):
+        self.cfg = model.cfg
+        self.graphdef, self.state = graphdef, state
+        bgraph, self.blocks = split_blocks(model)  # block weights stacked once, for lax.scan
+        self.dec = decoder(graphdef, bgraph)  # jitted functions, shared by same-shape engines
+
+    def prefill(self, tokens_1xL, n, capacity: int) -> tuple[jax.Array, KVCache]:
+        return self.dec.prefill(self.state, self.blocks, tokens_1xL, n, capacity)
+
+    def cascade(self, prefix: KVCache, own_k, own_v, rows_B, tokens_BxT):
+        return self.dec.cascade(self.state, self.blocks, prefix, own_k, own_v, rows_B, tokens_BxT)
+
+    def trie_level(self, prefix: KVCache, store_k, store_v, offset, anc_BxA, tokens_BxT):
+        return self.dec.trie_level(
+            self.state, self.blocks, prefix, store_k, store_v, offset, anc_BxA, tokens_BxT
+        )
+
+    def leaf(self, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, b1_ok_256, b1_by_lo_256,
+             fixed_b1_E, n_out: int, expand: bool, min_prob: float):  # fmt: skip
+        return self.dec.leaf(self.state, self.blocks, prefix, store_k, store_v, anc_BxA, tokens_BxT,
+                             b1_ok_256, b1_by_lo_256, fixed_b1_E, n_out, expand, min_prob)  # fmt: skip
+
+    def extend(self, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax.Array, KVCache]:
+        return extend_jit(self.graphdef, self.state, cache, rows_B, tokens_BxT)

@@ -5,8 +5,10 @@ Time Result, timestamped where they have a time), then `<MeasurementStart> Src D
 result is read from the model. Every distribution is the model's softmax restricted to the tokens the
 grammar (`tokens.GrammarState`) allows at that position and to the field asked for, renormalised.
 The shared prefix is run once into a KV cache; branches (byte-2 given byte-1, candidates) reuse it. Jitted
-decoding lives in `query_decode.py`, ranking many candidates over a trie of their address bytes in
-`query_rank.py`, the result types in `query_result.py` and the input rules in `query_input.py`.
+decoding lives in `decode.py`, ranking many candidates over a trie of their address bytes in `rank.py`, the
+RTT code tables and distributions in `rtt_codes.py`, the inverse queries in `inverse.py`, the result types
+in `result.py`, prompts and context files in `context.py` and the input rules in `inputs.py`. This module
+is the query API in one place: it re-exports their public names (`__all__`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ import numpy as np
 from flax import nnx
 
 from pingllm_core.data import tokens as T
+from pingllm_core.model import model_card
+from pingllm_core.model.checkpoint import load_checkpoint
 from pingllm_core.model.transformer import KVCache, ModelConfig, Transformer
-from pingllm_core.query.context import (  # noqa: F401  (re-exported: the query API in one place)
+from pingllm_core.query import inverse
+from pingllm_core.query.context import (
     FIELD_ORDER,
     NO_TIME,
     Prompt,
@@ -34,8 +39,8 @@ from pingllm_core.query.context import (  # noqa: F401  (re-exported: the query 
     make_measurements,
     take,
 )
-from pingllm_core.query.decode import decoder, extend_jit, split_blocks
-from pingllm_core.query.inputs import (  # noqa: F401  (re-exported)
+from pingllm_core.query.decode import Runner
+from pingllm_core.query.inputs import (
     MAX_RTT_MS,
     FamilyError,
     QueryError,
@@ -46,32 +51,23 @@ from pingllm_core.query.inputs import (  # noqa: F401  (re-exported)
     parse_time,
 )
 from pingllm_core.query.rank import RankStats, bucket, rank_family
-from pingllm_core.query.result import (  # noqa: F401  (re-exported)
-    _ALL_RTT_MS,
-    _BUCKET_HI,
-    _BUCKET_LO,
-    _BUCKET_LOWEST,
-    _CODE_RANK,
-    _EPS,
-    _PLAUSIBLE,
+from pingllm_core.query.result import (
     DEFAULT_QUANTILES,
     HISTOGRAM_EDGES_MS,
     RankedDestination,
     RttPrediction,
-    discrete_quantile,
     quantile_key,
 )
+from pingllm_core.query.rtt_codes import MIN_BRANCH_PROB, discrete_quantile, result_distribution
 
-MIN_BRANCH_PROB = 1e-4  # byte-1 values below this mass are not expanded (their mass is dropped, renormalised)
+__all__ = [  # the query API: the engine and the names its callers use, from the modules that define them
+    "DEFAULT_QUANTILES", "FIELD_ORDER", "HISTOGRAM_EDGES_MS", "MAX_RTT_MS", "MIN_BRANCH_PROB", "NO_TIME",
+    "FamilyError", "Prompt", "QueryEngine", "QueryError", "RankedDestination", "RttPrediction",
+    "address_warnings", "as_measurements", "build_prompt", "check_families", "concat", "discrete_quantile",
+    "is_public", "load_context", "make_measurements", "parse_ip", "parse_time", "quantile_key", "take",
+]  # fmt: skip
+
 _CHUNK = 512  # rows per batched decode call (bounds the KV-cache copy: rows x layers x cache x width)
-
-
-def _restricted(logp_BxV: np.ndarray, allowed_V: np.ndarray) -> np.ndarray:
-    """Probabilities over the allowed tokens only (renormalised), zeros elsewhere; float64."""
-    lp = np.where(allowed_V, np.asarray(logp_BxV, np.float64), -np.inf)
-    lp = lp - lp.max(axis=-1, keepdims=True)
-    p = np.exp(lp)
-    return p / p.sum(axis=-1, keepdims=True)
 
 
 def _report_ranked(progress: Callable[[str], None], total: int, v6: bool, done: int) -> None:
@@ -87,16 +83,12 @@ class QueryEngine:
         # Queries run in float32 by default: bf16 matmuls are slow on CPU and probabilities want precision.
         self.cfg = dataclasses.replace(cfg, dtype=compute_dtype, dropout=0.0)
         abstract = nnx.eval_shape(lambda: Transformer(self.cfg, rngs=nnx.Rngs(0)))
-        self._graphdef, _ = nnx.split(abstract)
-        self._state = nnx.state(model)
-        self.model = nnx.merge(self._graphdef, self._state)  # same weights, query-time numerics
-        self._bgraph, self._blocks = split_blocks(self.model)  # block weights stacked once, for lax.scan
-        self._dec = decoder(self._graphdef, self._bgraph)  # jitted functions, shared by same-shape engines
+        graphdef, _ = nnx.split(abstract)
+        state = nnx.state(model)
+        self.model = nnx.merge(graphdef, state)  # same weights, query-time numerics
+        self.runner = Runner(graphdef, state, self.model)  # the jitted decoding functions on these weights
         self.last_rank_stats = RankStats()  # work done by the latest `rank` call (benchmarks, tests)
         self.card: dict = {}  # the checkpoint's model card (`model_card.py`), set by `load`
-
-    def _extend(self, state, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax.Array, KVCache]:
-        return extend_jit(self._graphdef, state, cache, rows_B, tokens_BxT)
 
     @classmethod
     def load(cls, ckpt_dir: str | Path, compute_dtype: str = "float32") -> QueryEngine:
@@ -104,9 +96,6 @@ class QueryEngine:
 
         A folder that is not a usable checkpoint raises QueryError with one line saying why.
         """
-        from pingllm_core.model import model_card
-        from pingllm_core.model.train import load_checkpoint  # heavy imports only when loading from disk
-
         path = Path(ckpt_dir)
         problem = model_card.checkpoint_problem(path)
         if problem:
@@ -140,9 +129,7 @@ class QueryEngine:
         capacity = bucket(n + extra, 32)
         padded = np.zeros((1, size), np.int32)
         padded[0, :n] = prompt_L
-        logp, cache = self._dec.prefill(
-            self._state, self._blocks, jnp.asarray(padded), jnp.int32(n), capacity
-        )
+        logp, cache = self.runner.prefill(jnp.asarray(padded), jnp.int32(n), capacity)
         return np.asarray(logp)[:n], cache
 
     @staticmethod
@@ -157,7 +144,7 @@ class QueryEngine:
         pad = bucket(n) - n
         rows_p = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
         toks_p = np.concatenate([tokens_BxT, np.repeat(tokens_BxT[:1], pad, axis=0)]).astype(np.int32)
-        logp, cache = self._extend(self._state, cache, jnp.asarray(rows_p), jnp.asarray(toks_p))
+        logp, cache = self.runner.extend(cache, jnp.asarray(rows_p), jnp.asarray(toks_p))
         return np.asarray(logp)[:n], cache
 
     def cascade(
@@ -177,9 +164,7 @@ class QueryEngine:
         pad = -(-n // 16) * 16 - n  # byte-2 branches number up to ~80: pad finely, few shapes all the same
         rows_p = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
         toks_p = np.concatenate([tokens_BxT, np.repeat(tokens_BxT[:1], pad, axis=0)]).astype(np.int32)
-        logp, k, v = self._dec.cascade(
-            self._state, self._blocks, prefix, *own, jnp.asarray(rows_p), jnp.asarray(toks_p)
-        )
+        logp, k, v = self.runner.cascade(prefix, *own, jnp.asarray(rows_p), jnp.asarray(toks_p))
         return np.asarray(logp)[:n], (k, v)
 
     def _byte2(self, prefix: KVCache, own, rows: np.ndarray, b1: np.ndarray) -> np.ndarray:
@@ -193,7 +178,7 @@ class QueryEngine:
         self, query: T.Measurements, query_has_time: bool, context: T.Measurements | None, reserve: int,
         order: Sequence[int] = FIELD_ORDER, cut: int = 1,
     ) -> Prompt:  # fmt: skip
-        """`query_context.build_prompt` for this model's max_len."""
+        """`context.build_prompt` for this model's max_len."""
         return build_prompt(query, query_has_time, context, self.cfg.max_len, reserve, order, cut)
 
     @staticmethod
@@ -212,84 +197,6 @@ class QueryEngine:
         warnings = address_warnings((s, d))
         t = None if time is None else parse_time(time)
         return make_measurements([NO_TIME if t is None else t], [s], [d], [-1.0]), t is not None, warnings
-
-    # ---- result distribution -------------------------------------------------------------------------------
-    def _result_heads(
-        self, logp_res_BxV: np.ndarray, logp1_BxV: np.ndarray, state: T.GrammarState, full: bool,
-        targets: Sequence[tuple[str, float]] = (),
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-        """(p_fail [B], P(byte 1) [B, 256], which byte-1 buckets to expand [B, 256]) from the log-probs at the
-        Result position and after `<RttStart>`; see `_result_distribution`."""
-        allowed = state.allowed()
-        if not (allowed[T.FAILED] and allowed[T.RTT_START]):
-            raise RuntimeError("the prompt does not end right before a Result field")
-        # P(failure) renormalised over the two outcomes: the grammar also allows a Timestamp field or the
-        # reserved <ThroughputStart> here, which are not outcomes of a ping.
-        outcome = _restricted(logp_res_BxV, np.isin(np.arange(T.VOCAB_SIZE), [T.FAILED, T.RTT_START]))
-        p_fail = outcome[:, T.FAILED]
-        st = state.copy()
-        st.advance(T.RTT_START)
-        # grammar: canonical high bytes only; domain: RTTs up to 10 minutes
-        p1 = _restricted(logp1_BxV, st.allowed() & _PLAUSIBLE)[:, T.BYTE0 :]
-        p1 = np.where(p1 >= MIN_BRANCH_PROB, p1, 0.0)
-        p1 /= p1.sum(axis=1, keepdims=True)
-        expand = p1 > 0 if full else self._needed_buckets(p1, targets)
-        return p_fail, p1, expand
-
-    @staticmethod
-    def _byte2_probs(logp2_PxV: np.ndarray) -> np.ndarray:
-        """P(byte 2) [P, 256] from log-probs after a byte-1 branch."""
-        return _restricted(logp2_PxV, np.arange(T.VOCAB_SIZE) >= T.BYTE0)[:, T.BYTE0 :]
-
-    def _result_distribution(
-        self, logp_res_BxV: np.ndarray, logp1_BxV: np.ndarray, state: T.GrammarState,
-        expand_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], full: bool,
-        targets: Sequence[tuple[str, float]] = (),
-    ) -> list[tuple[float, np.ndarray, np.ndarray]]:  # fmt: skip
-        """(p_fail, codes, probs) per row, from the log-probs at the Result position and after `<RttStart>`.
-
-        `expand_fn(rows, byte1)` gives the log-probs of byte 2 after (row, `<RttStart>`, byte 1), batched.
-        With `full`, every byte-1 bucket with mass >= MIN_BRANCH_PROB is expanded (the whole distribution);
-        otherwise only the buckets that can hold the requested `targets` (("q", level) quantiles and
-        ("t", ms) thresholds). That is exact for those targets because each bucket's value range is known:
-        a bucket wholly below or above every target enters as one atom at its lowest value.
-        """
-        p_fail, p1, expand = self._result_heads(logp_res_BxV, logp1_BxV, state, full, targets)
-        row_idx, b1 = np.nonzero(expand)
-        p2 = self._byte2_probs(expand_fn(row_idx, b1))
-        bounds = np.searchsorted(row_idx, np.arange(len(p1) + 1))  # row_idx is sorted (np.nonzero order)
-        out = []
-        for r in range(len(p1)):
-            mine = slice(bounds[r], bounds[r + 1])
-            codes = (b1[mine, None].astype(np.int64) * 256 + np.arange(256)).reshape(-1)
-            probs = (p1[r, b1[mine], None] * p2[mine]).reshape(-1)
-            if not full:
-                rest = np.flatnonzero((p1[r] > 0) & ~expand[r])
-                codes = np.concatenate([codes, rest * 256 + _BUCKET_LOWEST[rest]])
-                probs = np.concatenate([probs, p1[r, rest]])
-            keep = probs > 0
-            codes, probs = codes[keep], probs[keep]
-            order = np.argsort(_CODE_RANK[codes], kind="stable")  # by RTT value, then code
-            out.append((float(p_fail[r]), codes[order].astype(np.uint16), probs[order] / probs.sum()))
-        return out
-
-    @staticmethod
-    def _needed_buckets(p1_Bx256: np.ndarray, targets: Sequence[tuple[str, float]]) -> np.ndarray:
-        """bool[B, 256]: byte-1 buckets whose value range can contain a target quantile or threshold."""
-        need = np.zeros(p1_Bx256.shape, bool)
-        has = p1_Bx256 > 0
-        by_lo, by_hi = np.argsort(_BUCKET_LO, kind="stable"), np.argsort(_BUCKET_HI, kind="stable")
-        for kind, value in targets:
-            if kind == "t":  # the buckets straddling the threshold
-                need |= has & (_BUCKET_LO <= value) & (_BUCKET_HI > value)
-                continue
-            # The quantile lies in [v_lo, v_hi]: v_lo where the CDF's upper bound (bucket at its lowest value)
-            # reaches q, v_hi where its lower bound (bucket at its highest value) does.
-            i_lo = (np.cumsum(p1_Bx256[:, by_lo], axis=1) >= value - _EPS).argmax(axis=1)
-            i_hi = (np.cumsum(p1_Bx256[:, by_hi], axis=1) >= value - _EPS).argmax(axis=1)
-            v_lo, v_hi = _BUCKET_LO[by_lo][i_lo][:, None], _BUCKET_HI[by_hi][i_hi][:, None]
-            need |= has & (_BUCKET_LO <= v_hi) & (_BUCKET_HI >= v_lo)
-        return need
 
     # ---- public queries ------------------------------------------------------------------------------------
     def predict(
@@ -311,7 +218,7 @@ class QueryEngine:
         prefix = self._trim(prefix, len(prompt.tokens) + 1)
         state = self.grammar(prompt.tokens)
         byte2 = functools.partial(self._byte2, prefix, None)  # all branches batched on the shared prefix
-        ((p_fail, codes, probs),) = self._result_distribution(logp[-2:-1], logp[-1:], state, byte2, full=True)
+        ((p_fail, codes, probs),) = result_distribution(logp[-2:-1], logp[-1:], state, byte2, full=True)
         s, d = T.bytes_to_ip(
             np.concatenate([query.src, query.dst]), np.concatenate([query.src_v6, query.dst_v6])
         )
@@ -326,7 +233,7 @@ class QueryEngine:
         allow_mixed_family: bool = False,
     ) -> list[RankedDestination]:  # fmt: skip
         """Rank candidate destinations for a source: per address family one shared prefix (context, source)
-        in a KV cache, then the candidates as a trie of address bytes (`query_rank.rank_family`); each result
+        in a KV cache, then the candidates as a trie of address bytes (`rank.rank_family`); each result
         equals `predict` for that destination (up to float rounding). `last_rank_stats` tells the work done.
 
         by="median": ascending median RTT; by="p_below": descending P(success and rtt <= threshold_ms).
@@ -363,7 +270,7 @@ class QueryEngine:
             prefix = self._trim(self.prefill(prompt.tokens[:split], extra=0)[1], split)
             report = None if progress is None else functools.partial(_report_ranked, progress, len(idx), fam)
             p_fail, median, p_below, stats = rank_family(
-                self, prefix, addr[idx, :nbytes], tail, self.grammar(prompt.tokens), targets, report
+                self.runner, prefix, addr[idx, :nbytes], tail, self.grammar(prompt.tokens), targets, report
             )
             stats.prefix_tokens = split
             self.last_rank_stats.add(stats)
@@ -373,30 +280,24 @@ class QueryEngine:
         sign = 1.0 if by == "median" else -1.0
         return sorted(results, key=lambda r: (sign * r.score, r.dst))
 
-    # ---- inverse queries (query_inverse.py) ----------------------------------------------------------------
+    # ---- inverse queries (inverse.py) ----------------------------------------------------------------------
     def likely_destinations(
         self, src: str, rtt_ms_range, n: int = 10, context=None, allow_mixed_family: bool = False
-    ) -> list:
+    ) -> list[inverse.LikelyAddress]:
         """Most likely public destinations for a source and an RTT (or range), in the source's family unless
-        `allow_mixed_family`; see query_inverse."""
-        from pingllm_core.query import inverse as query_inverse
-
-        return query_inverse.likely_destinations(
+        `allow_mixed_family`; see `inverse.likely_destinations`."""
+        return inverse.likely_destinations(
             self, src, rtt_ms_range, n, context, allow_mixed_family=allow_mixed_family
         )
 
     def likely_timestamp(
         self, src: str, dst: str, rtt_ms: float, context, k: int = 5, allow_mixed_family: bool = False
-    ) -> list:
-        """Top-k times of a measurement after a timestamped context; see query_inverse."""
-        from pingllm_core.query import inverse as query_inverse
-
-        return query_inverse.likely_timestamp(
+    ) -> list[inverse.LikelyTime]:
+        """Top-k times of a measurement after a timestamped context; see `inverse.likely_timestamp`."""
+        return inverse.likely_timestamp(
             self, src, dst, rtt_ms, context, k, allow_mixed_family=allow_mixed_family
         )
 
-    def counterpart(self, src: str, context=None, n: int = 5) -> list:
-        """Likely public address of the same probe in the other family; see query_inverse."""
-        from pingllm_core.query import inverse as query_inverse
-
-        return query_inverse.counterpart(self, src, context, n)
+    def counterpart(self, src: str, context=None, n: int = 5) -> list[inverse.LikelyAddress]:
+        """Likely public address of the same probe in the other family; see `inverse.counterpart`."""
+        return inverse.counterpart(self, src, context, n)

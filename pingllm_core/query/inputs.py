@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-MAX_RTT_MS = 600_000.0  # the parser rejects longer RTTs (SPEC section 1): no training row ever had one
+from pingllm_core.query.rtt_codes import MAX_RTT_MS
+
 MIN_TIME, MAX_TIME = 946_684_800, 4_102_444_800  # 2000-01-01 .. 2100-01-01 UTC: times a query may name
 
 
@@ -73,7 +74,9 @@ def address_warnings(addrs: Iterable[str]) -> list[str]:
 def is_public(text: str) -> bool:
     """True for a global unicast address by the parser's rule (IANA special-purpose blocks excluded; IPv6
     only within 2000::/3): the only kind of source the model was trained on."""
-    from pingllm_core.ingest.parse import classify_address  # the same rule, so that the two never disagree
+    # The parser's rule, so that the two never disagree; imported here because `ingest.parse` loads duckdb and
+    # pyarrow, which the CLI's start-up and input checks should not pay for.
+    from pingllm_core.ingest.parse import classify_address
 
     return classify_address(str(ipaddress.ip_address(text)))[1]
 

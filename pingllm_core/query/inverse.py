@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from pingllm_core.data import tokens as T
-from pingllm_core.query.engine import (
-    NO_TIME,
-    QueryEngine,
-    QueryError,
-    _restricted,
-    as_measurements,
-    check_families,
-    is_public,
-    make_measurements,
-    parse_ip,
-)
-from pingllm_core.query.inputs import MAX_RTT_MS, check_rtt
+from pingllm_core.model.transformer import KVCache
+from pingllm_core.query.context import FIELD_ORDER, NO_TIME, Prompt, as_measurements, make_measurements
+from pingllm_core.query.inputs import QueryError, check_families, check_rtt, is_public, parse_ip
+from pingllm_core.query.rtt_codes import MAX_RTT_MS, restricted
 
 # Byte tokens after each field marker (SPEC section 4).
 FIELD_BYTES = {
@@ -34,6 +27,24 @@ FIELD_BYTES = {
 MAX_WIDTH = 512  # widest beam `_public` widens to (rows of the batched decode, each with its KV cache)
 _ORDER_DST_LAST = (T.FIELD_SRC, T.FIELD_RESULT, T.FIELD_TIME, T.FIELD_DST)
 _ORDER_TIME_LAST = (T.FIELD_SRC, T.FIELD_DST, T.FIELD_RESULT, T.FIELD_TIME)
+
+
+class Engine(Protocol):
+    """What these queries use of a `QueryEngine` (a protocol, so that this module, which the engine imports,
+    need not import the engine)."""
+
+    def grammar(self, prompt_L: np.ndarray) -> T.GrammarState: ...
+
+    def prefill(self, prompt_L: np.ndarray, extra: int) -> tuple[np.ndarray, KVCache]: ...
+
+    def extend(
+        self, cache: KVCache, rows: np.ndarray, tokens_BxT: np.ndarray
+    ) -> tuple[np.ndarray, KVCache]: ...
+
+    def build_prompt(
+        self, query: T.Measurements, query_has_time: bool, context: T.Measurements | None, reserve: int,
+        order: Sequence[int] = FIELD_ORDER, cut: int = 1,
+    ) -> Prompt: ...  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +74,7 @@ class _Beam:
 
 
 def beam_field(
-    engine: QueryEngine, prompt_L: np.ndarray, markers: Sequence[int] | None, width: int, n_best: int
+    engine: Engine, prompt_L: np.ndarray, markers: Sequence[int] | None, width: int, n_best: int
 ) -> list[tuple[list[int], float]]:
     """The `n_best` most likely completions of one field after the prompt, as (tokens, log-prob).
 
@@ -93,7 +104,7 @@ def beam_field(
                 raise RuntimeError(
                     f"grammar allows no token for the asked field after {len(prompt_L)} tokens"
                 )
-            lp = np.log(np.maximum(_restricted(logp_BxV[b], allowed), 1e-300))
+            lp = np.log(np.maximum(restricted(logp_BxV[b], allowed), 1e-300))
             top = np.flatnonzero(allowed)
             top = top[np.argsort(-lp[top], kind="stable")[:width]]
             cands += [(beam.logp + lp[t], b, int(t)) for t in top]
@@ -124,7 +135,7 @@ def _address(field_tokens: list[int]) -> str:
 
 
 def _public(
-    engine: QueryEngine, prompt_L: np.ndarray, markers, n: int, width: int, marker: int | None = None
+    engine: Engine, prompt_L: np.ndarray, markers, n: int, width: int, marker: int | None = None
 ) -> list[LikelyAddress]:
     """The `n` most likely generated addresses that are public (never `::`, `0.0.0.0`, private or multicast:
     the model was trained on public addresses only), by `beam_field`; `marker` prefixes fields generated
@@ -144,7 +155,7 @@ def _public(
 
 
 def likely_destinations(
-    engine: QueryEngine,
+    engine: Engine,
     src: str,
     rtt_ms_range: float | tuple[float, float],
     n: int = 10,
@@ -174,7 +185,7 @@ def likely_destinations(
 
 
 def likely_timestamp(
-    engine: QueryEngine, src: str, dst: str, rtt_ms: float, context, k: int = 5, width: int = 0,
+    engine: Engine, src: str, dst: str, rtt_ms: float, context, k: int = 5, width: int = 0,
     allow_mixed_family: bool = False,
 ) -> list[LikelyTime]:  # fmt: skip
     """Top-k times for a (src, dst, rtt) measurement, as deltas after a timestamped context (time last).
@@ -208,7 +219,7 @@ def likely_timestamp(
     return out
 
 
-def _greedy_measurement(engine: QueryEngine, prompt_L: np.ndarray) -> np.ndarray:
+def _greedy_measurement(engine: Engine, prompt_L: np.ndarray) -> np.ndarray:
     """Complete the open measurement greedily with a Dst then a Result field (grammar-constrained)."""
     for markers in ((T.DST_IPV4, T.DST_IPV6), (T.RTT_START, T.FAILED)):
         ((toks, _),) = beam_field(engine, prompt_L, markers, width=1, n_best=1)
@@ -216,9 +227,7 @@ def _greedy_measurement(engine: QueryEngine, prompt_L: np.ndarray) -> np.ndarray
     return prompt_L
 
 
-def counterpart(
-    engine: QueryEngine, src: str, context=None, n: int = 5, width: int = 0
-) -> list[LikelyAddress]:
+def counterpart(engine: Engine, src: str, context=None, n: int = 5, width: int = 0) -> list[LikelyAddress]:
     """Likely public address of the same probe in the other family (IPv4 -> IPv6 and back; never `::`).
 
     Prompt: the context measurements (or, without a context row from `src`, one measurement
@@ -246,7 +255,7 @@ def counterpart(
 
 
 def sample_tokens(
-    engine: QueryEngine, prompt_L: np.ndarray, n_tokens: int, n_samples: int = 1, seed: int = 0
+    engine: Engine, prompt_L: np.ndarray, n_tokens: int, n_samples: int = 1, seed: int = 0
 ) -> np.ndarray:
     """Sample continuations token by token (batched, KV-cached), each token drawn from the grammar-allowed
     set (reserved `<ThroughputStart>` excluded); int32[n_samples, n_tokens]."""
@@ -261,7 +270,7 @@ def sample_tokens(
         for b, st in enumerate(states):
             allowed = st.allowed()
             allowed[T.THROUGHPUT_START] = False
-            p = _restricted(logp_BxV[b], allowed)
+            p = restricted(logp_BxV[b], allowed)
             out[b, i] = rng.choice(T.VOCAB_SIZE, p=p)
             st.advance(out[b, i])
         if i + 1 < n_tokens:

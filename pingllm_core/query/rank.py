@@ -8,9 +8,10 @@ where it saves work (random addresses: the first byte; servers in a few hundred 
 candidate then decodes its remaining address bytes, the query's time tokens and `<RttStart>` in one
 batched call (`Decoder.leaf`), which reads P(failure) and the RTT high byte and, in the same call, decodes
 RTT byte 2 after the high byte whose bucket holds the median (and after the bucket holding the ranking
-threshold): the only byte-2 branches a ranking needs. The host then runs the engine's exact bucket search
-in float64; a bucket it needs that the device did not expand (a near-tie in float32, a quantile on a bucket
-edge) is decoded by an extra call, so results equal `predict` up to float rounding whatever the trie.
+threshold): the only byte-2 branches a ranking needs. The host then runs the exact bucket search of
+`rtt_codes` in float64; a bucket it needs that the device did not expand (a near-tie in float32, a quantile
+on a bucket edge) is decoded by an extra call, so results equal `predict` up to float rounding whatever the
+trie.
 
 Work per candidate (token evaluations through the whole model, `RankStats`): random IPv4 about 5.2
 (0.2 shared first byte, 3 own bytes, `<RttStart>`, byte 2); clustered about 3.5; the unshared path 6.
@@ -20,16 +21,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
 from pingllm_core.data import tokens as T
 from pingllm_core.model.transformer import KVCache
-
-if TYPE_CHECKING:
-    from pingllm_core.query.engine import QueryEngine
+from pingllm_core.query.decode import Runner
+from pingllm_core.query.rtt_codes import (
+    ALL_RTT_MS,
+    BUCKET_HI,
+    BUCKET_LO,
+    BUCKET_LOWEST,
+    CODE_RANK,
+    EPS,
+    MIN_BRANCH_PROB,
+    PLAUSIBLE,
+    byte2_probs,
+    result_heads,
+)
 
 CHUNK = 1024  # candidates per trie (bounds the leaf call: rows x tokens x layers x width)
 LEVEL_OVERHEAD = 16  # a shared level's fixed cost (a call, the rows' extra ancestor), in token evaluations
@@ -121,13 +131,11 @@ def summarize(
     threshold_ms: float | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(median ms, P(success and rtt <= threshold) or NaN) per row, vectorised over rows: the same atoms,
-    order and sums as `QueryEngine._result_distribution(full=False)` followed by `discrete_quantile`.
+    order and sums as `rtt_codes.result_distribution(full=False)` followed by `discrete_quantile`.
 
     `p1`/`expand`: P(byte 1) and the expanded buckets [B, 256]; (`rows`, `b1`) the expanded pairs in
     np.nonzero order with their P(byte 2) `p2` [P, 256].
     """
-    from pingllm_core.query.engine import _ALL_RTT_MS, _BUCKET_LOWEST, _CODE_RANK, _EPS
-
     n = len(p1)
     slot = np.arange(len(rows)) - np.searchsorted(rows, rows)  # index of each pair among its row's pairs
     m = int(slot.max()) + 1 if len(rows) else 0
@@ -137,15 +145,15 @@ def summarize(
     exp_code[rows, slot] = b1[:, None].astype(np.int64) * 256 + np.arange(256)
     # not-expanded buckets enter as one atom at their lowest value
     probs = np.concatenate([np.where(expand, 0.0, p1), exp_p.reshape(n, -1)], 1)
-    codes = np.concatenate([np.broadcast_to(np.arange(256) * 256 + _BUCKET_LOWEST, (n, 256)),
+    codes = np.concatenate([np.broadcast_to(np.arange(256) * 256 + BUCKET_LOWEST, (n, 256)),
                             exp_code.reshape(n, -1)], 1)  # fmt: skip
-    order = np.argsort(np.where(probs > 0, _CODE_RANK[codes], 65536), axis=1, kind="stable")
+    order = np.argsort(np.where(probs > 0, CODE_RANK[codes], 65536), axis=1, kind="stable")
     probs, codes = np.take_along_axis(probs, order, 1), np.take_along_axis(codes, order, 1)
     probs /= probs.sum(axis=1, keepdims=True)
     last = (probs > 0).sum(axis=1) - 1
-    reach = np.cumsum(probs, axis=1) >= 0.5 - _EPS
+    reach = np.cumsum(probs, axis=1) >= 0.5 - EPS
     idx = np.where(reach.any(axis=1), reach.argmax(axis=1), last)
-    values = _ALL_RTT_MS[codes]
+    values = ALL_RTT_MS[codes]
     median = values[np.arange(n), np.minimum(idx, last)]
     if threshold_ms is None:
         return median, np.full(n, np.nan)
@@ -153,7 +161,7 @@ def summarize(
 
 
 def rank_family(
-    engine: QueryEngine,
+    runner: Runner,
     prefix: KVCache,
     addr_NxL: np.ndarray,
     tail: np.ndarray,
@@ -164,33 +172,32 @@ def rank_family(
     """(p_fail, median ms, P(success and rtt <= threshold)) per candidate, exact around `targets` (the
     median, and at most one ("t", ms) threshold; the last is NaN without one).
 
-    `prefix`: cache of the shared prompt ending with the destination marker; `addr_NxL`: the candidates'
-    address bytes, distinct rows; `tail`: the tokens after the address (time field, then `<RttStart>`);
-    `state`: grammar state right before the Result field (the same for every candidate).
+    `runner`: the engine's bound decoder; `prefix`: cache of the shared prompt ending with the destination
+    marker; `addr_NxL`: the candidates' address bytes, distinct rows; `tail`: the tokens after the address
+    (time field, then `<RttStart>`); `state`: grammar state right before the Result field (the same for every
+    candidate).
     """
-    from pingllm_core.query.engine import _BUCKET_HI, _BUCKET_LO, _PLAUSIBLE
-
     st = state.copy()
     st.advance(T.RTT_START)
-    b1_ok = (st.allowed() & _PLAUSIBLE)[T.BYTE0 :]  # the high bytes that get mass (grammar, data range)
+    b1_ok = (st.allowed() & PLAUSIBLE)[T.BYTE0 :]  # the high bytes that get mass (grammar, data range)
     thresholds = [v for kind, v in targets if kind == "t"]
     if len(thresholds) > 1:
         raise ValueError("rank_family takes at most one threshold")
     threshold = thresholds[0] if thresholds else None
     # the device always expands the bucket holding the threshold (the same for every row)
-    fixed = np.flatnonzero(b1_ok & (_BUCKET_LO <= threshold) & (_BUCKET_HI > threshold)) if thresholds else []
-    consts = (jnp.asarray(b1_ok), jnp.asarray(np.argsort(_BUCKET_LO, kind="stable").astype(np.int32)),
+    fixed = np.flatnonzero(b1_ok & (BUCKET_LO <= threshold) & (BUCKET_HI > threshold)) if thresholds else []
+    consts = (jnp.asarray(b1_ok), jnp.asarray(np.argsort(BUCKET_LO, kind="stable").astype(np.int32)),
               jnp.asarray(np.asarray(fixed, np.int32)))  # fmt: skip
     order = np.lexsort(addr_NxL.T[::-1])  # rows by address bytes, so that shared prefixes are adjacent
     out = np.zeros((3, len(addr_NxL)))
     stats = RankStats(candidates=len(addr_NxL))
     for c0 in range(0, len(order), CHUNK):
         rows = order[c0 : c0 + CHUNK]
-        chunk = _Chunk(engine, prefix, addr_NxL[rows], tail, consts, stats)
+        chunk = Chunk(runner, prefix, addr_NxL[rows], tail, consts, stats)
         logp_res, logp1 = chunk.run()
-        p_fail, p1, need = engine._result_heads(logp_res, logp1, state, False, targets)
+        p_fail, p1, need = result_heads(logp_res, logp1, state, False, targets)
         pair_rows, pair_b1 = np.nonzero(need)
-        p2 = engine._byte2_probs(chunk.byte2(pair_rows, pair_b1))
+        p2 = byte2_probs(chunk.byte2(pair_rows, pair_b1))
         median, p_below = summarize(p_fail, p1, need, pair_rows, pair_b1, p2, threshold)
         out[:, rows] = p_fail, median, p_below
         if progress:
@@ -198,13 +205,13 @@ def rank_family(
     return out[0], out[1], out[2], stats
 
 
-class _Chunk:
+class Chunk:
     """One trie of at most CHUNK candidates: shared levels, then the leaf call with RTT byte 2 for the
     median's (and threshold's) high byte; `byte2` serves any other (row, high byte) by an extra call."""
 
-    def __init__(self, engine: QueryEngine, prefix: KVCache, addr_NxL, tail, consts, stats: RankStats):
-        self.engine, self.prefix, self.consts, self.stats = engine, prefix, consts, stats
-        cfg = engine.cfg
+    def __init__(self, runner: Runner, prefix: KVCache, addr_NxL, tail, consts, stats: RankStats):
+        self.runner, self.prefix, self.consts, self.stats = runner, prefix, consts, stats
+        cfg = runner.cfg
         n = len(addr_NxL)
         node_of = trie_levels(addr_NxL)
         sizes = [int(ids[-1]) + 1 for ids in node_of]
@@ -228,8 +235,8 @@ class _Chunk:
             anc = _ancestors(slots(firsts, i), len(firsts))
             toks = (T.BYTE0 + addr_NxL[firsts, j0:j1]).astype(np.int32)
             size = pad_rows(len(firsts))
-            store = engine._dec.trie_level(engine._state, engine._blocks, prefix, *store, jnp.int32(offsets[i]),
-                                           jnp.asarray(_pad(anc, size)), jnp.asarray(_pad(toks, size)))  # fmt: skip
+            store = runner.trie_level(prefix, *store, jnp.int32(offsets[i]), jnp.asarray(_pad(anc, size)),
+                                      jnp.asarray(_pad(toks, size)))  # fmt: skip
             stats.token_evals += toks.size
             stats.padded_evals += size * (j1 - j0)
         self.store = store
@@ -238,12 +245,9 @@ class _Chunk:
         self.toks = np.concatenate([T.BYTE0 + addr_NxL[:, depth:].astype(np.int32), np.tile(tail, (n, 1))], 1)
 
     def _leaf(self, anc, toks, n_out: int, expand: bool):
-        from pingllm_core.query.engine import MIN_BRANCH_PROB
-
         n, size = len(toks), pad_rows(len(toks))
-        e = self.engine
-        res = e._dec.leaf(e._state, e._blocks, self.prefix, *self.store, jnp.asarray(_pad(anc, size)),
-                          jnp.asarray(_pad(toks, size)), *self.consts, n_out, expand, MIN_BRANCH_PROB)  # fmt: skip
+        rows = (jnp.asarray(_pad(anc, size)), jnp.asarray(_pad(toks, size)))
+        res = self.runner.leaf(self.prefix, *self.store, *rows, *self.consts, n_out, expand, MIN_BRANCH_PROB)
         width = toks.shape[1] + (res[1].shape[1] if expand else 0)
         self.stats.token_evals += n * width
         self.stats.padded_evals += size * width

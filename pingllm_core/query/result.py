@@ -1,5 +1,5 @@
-"""What a query returns: the RTT distribution of one ping (`RttPrediction`) and ranked destinations, with the
-tables of RTT code values they are computed over."""
+"""What a query returns: the RTT distribution of one ping (`RttPrediction`) and ranked destinations (the RTT
+code tables they are computed over are in `rtt_codes`)."""
 
 from __future__ import annotations
 
@@ -9,32 +9,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from pingllm_core.data import tokens as T
-from pingllm_core.query.inputs import MAX_RTT_MS
+from pingllm_core.query.rtt_codes import discrete_quantile
 
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 # Edges (ms) of the coarse histogram in JSON answers: 1-2-5 steps, then everything up to the RTT maximum.
 HISTOGRAM_EDGES_MS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0,
                       1e3, 2e3, 5e3, 1e4, 600_000.0)  # fmt: skip
-_EPS = 1e-9  # tolerance on cumulative probabilities when locating a quantile
-_ALL_RTT_MS = T.decode_rtt_code(np.arange(65536))  # value of every RTT code, ms
-_BUCKET_LO = _ALL_RTT_MS.reshape(256, 256).min(axis=1)  # value range of each byte-1 (high byte) bucket
-_BUCKET_HI = _ALL_RTT_MS.reshape(256, 256).max(axis=1)
-_BUCKET_LOWEST = np.argmin(_ALL_RTT_MS.reshape(256, 256), axis=1)  # low byte of each bucket's lowest value
-_CODE_RANK = np.empty(65536, np.int64)  # position of each code when sorted by RTT value, then code
-_CODE_RANK[np.lexsort((np.arange(65536), _ALL_RTT_MS))] = np.arange(65536)
-# Byte-1 buckets that can hold a plausible RTT; the rest are outside the data's support and get no mass.
-_PLAUSIBLE = np.concatenate([np.ones(T.BYTE0, bool), _BUCKET_LO <= MAX_RTT_MS])
 
 
 def quantile_key(q: float) -> str:
     """Name of a quantile level: 0.1 -> 'p10', 0.999 -> 'p99.9'."""
     return f"p{q * 100:g}"
-
-
-def discrete_quantile(values: np.ndarray, probs: np.ndarray, q: float) -> float:
-    """Smallest value whose cumulative probability reaches q (values sorted ascending, probs sum to 1)."""
-    idx = int(np.searchsorted(np.cumsum(probs), q - _EPS, side="left"))
-    return float(values[min(idx, len(values) - 1)])
 
 
 @dataclasses.dataclass(frozen=True)
