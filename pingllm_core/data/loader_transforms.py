@@ -1,11 +1,15 @@
 """Per-row context sampling for the training loader (SPEC section 5): windows, timestamp modes, tokens.
 
+One module: `sample_rows` runs every sampler below (windows, subsamples, timestamp orders, source remapping,
+short contexts) over all contexts of a group at once, on flat index arrays whose conventions these helpers
+share; the token writer it ends with is loader_encode.py's.
+
 All contexts of a group of rows (K per row) are sampled and encoded together (`sample_rows`): the rows'
 columns are concatenated, so numpy's per-call overhead is paid once per group, not once per row. There is
 one generator call per kind of draw (modes, windows, subsamples, shuffles, field orders) across all
 contexts, and one vectorised encoder pass that first computes every measurement's token count, cuts each
 context after its last whole measurement in seq_len and only then writes the tokens of the measurements
-that are kept, one kind of field at a time (each field of a measurement one copied run of tokens). There
+that are kept, one kind of field at a time (loader_encode.py: each field one copied run of tokens). There
 is no Python loop per context or per measurement (only per row, and per context in a rare exact fallback
 of the subsampler). Costs scale with the sampled measurements, not with row or window sizes, beyond
 concatenating the rows' columns. Pure numpy, driven only by the
@@ -18,15 +22,22 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pingllm_core.data import tokens
+from pingllm_core.data.loader_config import LoaderConfig
+from pingllm_core.data.loader_encode import (  # noqa: F401  (encode_contexts re-exported)
+    LAST_FIELD_PERMS,
+    LAYOUT_LEN,
+    PERMS,
+    QUERY_PERM,
+    encode_contexts,
+    layouts,
+    nonzero,
+    time_kinds,
+    write_tokens,
+)
 from pingllm_core.data.records import ProbeRow
-
-if TYPE_CHECKING:
-    from pingllm_core.data.loader import LoaderConfig
 
 MODE_FULL, MODE_NONE, MODE_MIXED = 0, 1, 2
 MODE_NAMES = ("full", "none", "mixed")
@@ -39,60 +50,6 @@ _OVERSHOOT = 1.25
 _DRAW_SDS = 4.0  # draws with replacement per context: mean + this many sd of those needed (see _subsample)
 SHORT_CONTEXT_MAX = 8  # a short context holds 1 .. this many measurements (LoaderConfig.short_context_share)
 _DENSE_SLOTS_PER_DRAW = 64  # _first_occurrences: dense array up to this many window slots per draw, else sort
-
-# ---------------------------------------------------------------------------------------------- layouts
-# A measurement is <MeasurementStart> then its four field blocks (the timestamp one possibly empty) in its
-# field order. Its layout is field order (24 permutations) x src family x dst family x failed x time kind
-# (none / abs / delta1 / delta4) = 768 layouts; per layout we tabulate the length and where each field's
-# marker sits, so the writer places each kind of field of all measurements at once (`_write_tokens`).
-_TK_NONE, _TK_ABS, _TK_D1, _TK_D4 = 0, 1, 2, 3
-_TIME_LEN = np.array([0, 9, 2, 5], np.int64)
-PERMS = np.array(list(itertools.permutations(range(4))), np.int8)  # int8[24, 4] field orders
-_PERM_OF_CODE = np.full(256, -1, np.int64)  # base-4 code of a field order -> its row in PERMS
-_PERM_OF_CODE[PERMS.astype(np.int64) @ np.array([64, 16, 4, 1])] = np.arange(24)
-# The field order queries use (Src Dst Timestamp Result): the RTT is read after everything it depends on.
-QUERY_PERM = int(_PERM_OF_CODE[np.array([tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME,
-                                         tokens.FIELD_RESULT]) @ np.array([64, 16, 4, 1])])  # fmt: skip
-# One field last, as the inverse queries ask (`query_inverse`): the source, the destination or the timestamp.
-_S, _D, _T, _R = tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME, tokens.FIELD_RESULT
-LAST_FIELD_PERMS = _PERM_OF_CODE[np.array([(_D, _R, _T, _S), (_S, _R, _T, _D), (_S, _D, _R, _T)])
-                                 @ np.array([64, 16, 4, 1])].astype(np.int16)  # fmt: skip
-
-
-def _layout_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(int64[768] tokens per layout, int64[4, 768] offset of each field's marker in the measurement)."""
-    lens = np.zeros(768, np.int64)
-    field_off = np.zeros((4, 768), np.int64)
-    for layout in range(768):
-        tk, failed, dst6, src6, perm = (
-            layout & 3,
-            (layout >> 2) & 1,
-            (layout >> 3) & 1,
-            (layout >> 4) & 1,
-            layout >> 5,
-        )
-        flen = {
-            tokens.FIELD_SRC: 17 if src6 else 5,
-            tokens.FIELD_DST: 17 if dst6 else 5,
-            tokens.FIELD_RESULT: 1 if failed else 3,
-            tokens.FIELD_TIME: int(_TIME_LEN[tk]),
-        }
-        off = 1  # after <MeasurementStart>
-        for f in PERMS[perm].tolist():
-            field_off[f, layout] = off
-            off += flen[f]
-        lens[layout] = off
-    return lens, field_off
-
-
-_LAYOUT_LEN, _FIELD_OFF = _layout_tables()
-# (time kind, marker, big-endian type of its value) of the three timestamp fields.
-_TIME_FIELDS = (
-    (_TK_ABS, tokens.TIMESTAMP_ABS, ">u8"),
-    (_TK_D1, tokens.TIMESTAMP_DELTA1, ">u1"),
-    (_TK_D4, tokens.TIMESTAMP_DELTA4, ">u4"),
-)
-_B = tokens.BYTE0
 
 
 @dataclass
@@ -144,11 +101,6 @@ def _segment_starts(sizes: np.ndarray) -> np.ndarray:
     return sizes.cumsum() - sizes
 
 
-def _nonzero(mask: np.ndarray) -> np.ndarray:
-    """Indices of the true elements of a 1-D array (np.flatnonzero without its ~1 us of wrapping)."""
-    return mask.nonzero()[0]
-
-
 def _subsample(a: np.ndarray, b: np.ndarray, target: np.ndarray, rng: np.random.Generator):
     """Uniform subsets of min(target, b - a) positions of each window [a, b), in order, all contexts at once.
 
@@ -172,7 +124,7 @@ def _subsample(a: np.ndarray, b: np.ndarray, target: np.ndarray, rng: np.random.
         ctx = np.repeat(np.arange(k), width)
         return np.arange(len(ctx)) + (a - _segment_starts(width)).take(ctx), ctx, width, np.arange(k)
     drop = width < 2 * target  # cheaper to pick the ones to drop (whole windows drop nothing)
-    corder = np.concatenate([_nonzero(drop), _nonzero(~drop)])
+    corder = np.concatenate([nonzero(drop), nonzero(~drop)])
     a, width, target, drop = a.take(corder), width.take(corder), target.take(corder), drop.take(corder)
     counts = np.minimum(width, target)
     picks = np.where(drop, width - counts, counts)
@@ -190,11 +142,11 @@ def _subsample(a: np.ndarray, b: np.ndarray, target: np.ndarray, rng: np.random.
     first = _first_occurrences(g, int(wstart[-1] + width[-1]))  # in draw order
     fctx = dctx.take(first)
     distinct = np.bincount(fctx, minlength=k)
-    kept = _nonzero(np.arange(len(first)) < (_segment_starts(distinct) + picks).take(fctx))
+    kept = nonzero(np.arange(len(first)) < (_segment_starts(distinct) + picks).take(fctx))
     chosen = g.take(first.take(kept))
-    short = _nonzero(distinct < picks)
+    short = nonzero(distinct < picks)
     if len(short):  # too few distinct draws (rare): exact fallback for those contexts
-        ok = _nonzero(~np.isin(fctx.take(kept), short))
+        ok = nonzero(~np.isin(fctx.take(kept), short))
         extra = [rng.choice(width[c], picks[c], replace=False) + wstart[c] for c in short]
         chosen = np.concatenate([chosen.take(ok), *extra])
     chosen.sort()  # each context's values ascending; the dropping contexts' first
@@ -202,7 +154,7 @@ def _subsample(a: np.ndarray, b: np.ndarray, target: np.ndarray, rng: np.random.
     mask = np.ones(int(width[drop].sum()), bool)  # the dropping windows, whole ...
     mask[chosen[:m]] = False  # ... less what they drop
     ctx = np.repeat(np.arange(k), counts)
-    pos = np.concatenate([_nonzero(mask), chosen[m:]]) + (a - wstart).take(ctx)
+    pos = np.concatenate([nonzero(mask), chosen[m:]]) + (a - wstart).take(ctx)
     return pos, ctx, counts, corder
 
 
@@ -220,7 +172,7 @@ def _first_occurrences(g: np.ndarray, span: int) -> np.ndarray:
         owner = np.empty(span, np.int32)  # only the slots drawn are written and read
         owner[g] = n
         np.minimum.at(owner, g, ids)
-        return _nonzero(owner.take(g) == ids)
+        return nonzero(owner.take(g) == ids)
     bits = max(n.bit_length(), 1)
     if span.bit_length() + bits > 63:
         raise ValueError(f"windows too large to subsample: {span} slots, {n} draws")
@@ -232,7 +184,7 @@ def _first_occurrences(g: np.ndarray, span: int) -> np.ndarray:
     np.not_equal(key[1:] >> bits, key[:-1] >> bits, out=head[1:])
     first = np.zeros(n, bool)
     first[key[head] & ((1 << bits) - 1)] = True
-    return _nonzero(first)
+    return nonzero(first)
 
 
 def _segment_elements(starts: np.ndarray, counts: np.ndarray, which: np.ndarray) -> np.ndarray:
@@ -277,12 +229,12 @@ def _order_for_modes(
         return pos, np.ones(len(pos), bool)
     starts = _segment_starts(counts)
     has_time = np.repeat(full, counts)  # per output slot
-    sh = _nonzero(~full)
+    sh = nonzero(~full)
     slots = _segment_elements(starts, counts, sh)  # slots of the shuffled contexts = their inputs
     src = slots.take(_segment_shuffle(counts.take(sh), rng))  # input element landing in each slot
     order = pos.copy()
     order[slots] = pos.take(src)
-    mx = _nonzero(mode == MODE_MIXED)
+    mx = nonzero(mode == MODE_MIXED)
     if len(mx):
         cm = counts.take(mx)
         n_keep = np.clip(np.rint(rng.uniform(*mixed_keep, len(mx)) * cm), 1, np.maximum(1, cm - 1))
@@ -297,153 +249,8 @@ def _order_for_modes(
         landed = timed.take(src)  # the slots where they landed
         has_time[slots] = landed
         # Back in time order in those slots: slots and inputs both ascend within each context.
-        order[slots.take(_nonzero(landed))] = pos.take(_nonzero(timed))
+        order[slots.take(nonzero(landed))] = pos.take(nonzero(timed))
     return order, has_time
-
-
-# --------------------------------------------------------------------------------------------- encoding
-
-
-def _time_kinds(time: np.ndarray, has_time: np.ndarray, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(time kind, value to write) per measurement: abs for a context's first timestamp, then deltas.
-
-    `ctx` (non-decreasing) is each measurement's context; timestamps restart at <TimestampAbs> per context.
-    """
-    n = len(time)
-    kind = np.zeros(n, np.int64)
-    value = np.zeros(n, np.int64)
-    ti = _nonzero(has_time)
-    if len(ti):
-        t, c = time.take(ti), ctx.take(ti)
-        delta = np.empty_like(t)  # seconds since the previous timestamped one (same context)
-        delta[0] = 0
-        np.subtract(t[1:], t[:-1], out=delta[1:])
-        first = np.empty(len(ti), bool)  # first timestamped measurement of its context
-        first[0] = True
-        np.not_equal(c[1:], c[:-1], out=first[1:])
-        k = np.where(delta < 256, _TK_D1, _TK_D4)
-        f = _nonzero(first)
-        k[f] = _TK_ABS
-        delta[f] = t.take(f)
-        kind[ti] = k
-        value[ti] = delta
-    return kind, value
-
-
-def _layouts(perm: np.ndarray, src6: np.ndarray, dst6: np.ndarray, failed: np.ndarray, kind: np.ndarray):
-    """int16 layout ids: perm (0..23) x src6 x dst6 x failed x time kind (see _layout_tables)."""
-    layout = np.left_shift(perm, 5, dtype=np.int16)
-    layout += src6 * np.int16(16)
-    layout += dst6 * np.int16(8)
-    layout += failed * np.int16(4)
-    layout += kind
-    return layout
-
-
-def _runs(out: np.ndarray, tokens_per_run: int) -> np.ndarray:
-    """View of int32 `out` whose element i is the run of `tokens_per_run` tokens starting at token i.
-
-    Assigning a 1-D array of such runs (a void dtype of the same size) at token offsets writes a whole
-    field per measurement with one copy each (the view is unaligned; numpy copies bytes), instead of
-    one scatter per token.
-    """
-    dtype = np.dtype(f"V{4 * tokens_per_run}")
-    return np.ndarray((max(len(out) - tokens_per_run + 1, 0),), dtype, buffer=out, strides=(4,))
-
-
-def _as_runs(a: np.ndarray) -> np.ndarray:
-    """int32[n, w] (C-contiguous) as n runs of w tokens, for assignment into `_runs`."""
-    return np.ascontiguousarray(a, np.int32).view(f"V{4 * a.shape[1]}").reshape(-1)
-
-
-def _put_addr(out, o, rows, tab, tab6, v6, tok4: int, tok6: int) -> None:
-    """Address fields at offsets o: marker + 4 or 16 byte tokens of table rows `rows` (uint8[., 16]).
-
-    Each field is one run copied from a token table (marker and bytes of every table row, or of just the
-    rows used when the table is the larger); v6 is the family of each measurement's address.
-    """
-    if len(tab) > len(rows):
-        tab, tab6, rows = tab.take(rows, axis=0), tab6.take(rows), np.arange(len(rows))
-    tt = np.empty((len(tab), 17), np.int32)
-    tt[:, 0] = np.where(tab6, np.int32(tok6), np.int32(tok4))
-    np.add(tab, _B, out=tt[:, 1:], dtype=np.int32)
-    i6 = _nonzero(v6)
-    if len(i6):
-        _runs(out, 17)[o.take(i6)] = _as_runs(tt).take(rows.take(i6))
-    if len(i6) < len(o):
-        i4 = _nonzero(~v6)
-        _runs(out, 5)[o.take(i4)] = _as_runs(tt[:, :5]).take(rows.take(i4))
-
-
-def _byte_runs(marker: int, value: np.ndarray, big_endian: str) -> np.ndarray:
-    """Runs of marker + the byte tokens of `value` as the big-endian type `big_endian` (">u8", ">u2"...)."""
-    raw = value.astype(big_endian).view(np.uint8).reshape(len(value), -1)
-    blk = np.empty((len(value), 1 + raw.shape[1]), np.int32)
-    blk[:, 0] = marker
-    np.add(raw, _B, out=blk[:, 1:], dtype=np.int32)
-    return _as_runs(blk)
-
-
-def _write_tokens(
-    layout, src_rows, src_tab, src_tab6, src6, dst_rows, dst_tab, dst_tab6, dst6, rtt_ms, kind, value
-):
-    """int32 tokens of measurements (concatenated, in order) given their layouts and field values.
-
-    Addresses are rows `src_rows` / `dst_rows` of the uint8[., 16] tables (families src_tab6 / dst_tab6)
-    and src6 / dst6 the family per measurement; rtt_ms < 0 is <Failed>; kind / value come from
-    `_time_kinds`. Each kind of field is written for all measurements at once, at offsets from the
-    layout tables: O(fields) numpy calls, each field of a measurement one copied run of tokens (`_runs`).
-    """
-    size = _LAYOUT_LEN.take(layout)
-    end = np.cumsum(size)
-    start = end - size
-    out = np.empty(int(end[-1]) if len(end) else 0, np.int32)  # every token is written below
-    out[start] = tokens.MEASUREMENT_START
-    src_o = start + _FIELD_OFF[tokens.FIELD_SRC].take(layout)
-    _put_addr(out, src_o, src_rows, src_tab, src_tab6, src6, tokens.SRC_IPV4, tokens.SRC_IPV6)
-    dst_o = start + _FIELD_OFF[tokens.FIELD_DST].take(layout)
-    _put_addr(out, dst_o, dst_rows, dst_tab, dst_tab6, dst6, tokens.DST_IPV4, tokens.DST_IPV6)
-    res_o = start + _FIELD_OFF[tokens.FIELD_RESULT].take(layout)
-    failed = rtt_ms < 0
-    out[res_o.take(_nonzero(failed))] = tokens.FAILED
-    ok = _nonzero(~failed)
-    if len(ok):  # <RttStart> + the 2 code bytes, big-endian
-        codes = tokens.encode_rtt_ms(rtt_ms.take(ok))
-        _runs(out, 3)[res_o.take(ok)] = _byte_runs(tokens.RTT_START, codes, ">u2")
-    ti = _nonzero(kind)
-    if len(ti):
-        k, v = kind.take(ti), value.take(ti)
-        time_o = start.take(ti) + _FIELD_OFF[tokens.FIELD_TIME].take(layout.take(ti))
-        for tk, marker, big_endian in _TIME_FIELDS:
-            j = _nonzero(k == tk)
-            if len(j):
-                _runs(out, 1 + np.dtype(big_endian).itemsize)[time_o.take(j)] = _byte_runs(
-                    marker, v.take(j), big_endian
-                )
-    return out
-
-
-def encode_contexts(
-    m: tokens.Measurements, has_time: np.ndarray, field_order: np.ndarray, new_context: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encode several contexts in one vectorised pass; returns (int32 tokens, start of each measurement).
-
-    Same language as `tokens.encode_measurements` applied to each context separately (tested equal):
-    `new_context[i]` marks the first measurement of a context, where timestamps restart at <TimestampAbs>.
-    Timestamped measurements must be in time order within their context.
-    """
-    perm = _PERM_OF_CODE[np.asarray(field_order, np.int64) @ np.array([64, 16, 4, 1])]
-    if (perm < 0).any():
-        raise ValueError("field_order rows must be permutations of the four field ids")
-    kind, value = _time_kinds(m.time, np.asarray(has_time, bool), np.cumsum(np.asarray(new_context, bool)))
-    failed = m.rtt < 0
-    layout = _layouts(perm, m.src_v6, m.dst_v6, failed, kind)
-    rows = np.arange(len(m))
-    toks = _write_tokens(
-        layout, rows, m.src, m.src_v6, m.src_v6, rows, m.dst, m.dst_v6, m.dst_v6, m.rtt, kind, value
-    )
-    sizes = _LAYOUT_LEN[layout]
-    return toks, np.cumsum(sizes) - sizes
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -502,13 +309,13 @@ def sample_rows(
     share = np.array([1.0, 0.0, sum(cfg.mixed_keep) / 2])[mode]
     target = target_measurements(cfg.seq_len, base.take(crow), share)
     if cfg.short_context_share > 0:  # a few measurements only: the model learns to answer with little context
-        short = _nonzero(rng.random(kk) < cfg.short_context_share)
+        short = nonzero(rng.random(kk) < cfg.short_context_share)
         target[short] = np.minimum(target.take(short), rng.integers(1, SHORT_CONTEXT_MAX + 1, len(short)))
     a, b = _windows_multi(rows, time, rs, ns, crow, target, rng)
     pos, ctx, counts, corder = _subsample(a, b, target, rng)
     mode, crow = mode.take(corder), crow.take(corder)  # contexts in the order _subsample gives them
     order, has_time = _order_for_modes(pos, counts, mode, cfg.mixed_keep, rng)
-    kind, value = _time_kinds(time.take(order), has_time, ctx)
+    kind, value = time_kinds(time.take(order), has_time, ctx)
     if cfg.field_orders == "last_field":  # a shuffled measurement puts one field last, the others first
         perm = LAST_FIELD_PERMS.take(rng.integers(0, len(LAST_FIELD_PERMS), len(order)))
     else:
@@ -524,10 +331,10 @@ def sample_rows(
     d = dst_l.take(order) + dst_off.take(erow)
     rt = rtt.take(order)
     src6, dst6 = src6_tab.take(s), dst6_tab.take(d)
-    layout = _layouts(perm, src6, dst6, rt < 0, kind)
+    layout = layouts(perm, src6, dst6, rt < 0, kind)
     # Cut each context after its last whole measurement within seq_len, before writing any token: the
     # token ends are increasing, so one search per context finds its cut.
-    size = _LAYOUT_LEN.take(layout)
+    size = LAYOUT_LEN.take(layout)
     end = np.cumsum(size)
     starts = _segment_starts(counts)
     ctx_base = end.take(starts) - size.take(starts)
@@ -535,7 +342,7 @@ def sample_rows(
     kept = cut - starts  # >= 1: a measurement is at most 47 tokens
     ctx_tokens = end.take(cut - 1) - ctx_base
     sel = np.arange(int(kept.sum())) + np.repeat(starts - _segment_starts(kept), kept)
-    toks = _write_tokens(
+    toks = write_tokens(
         layout.take(sel),
         s.take(sel),
         src_tab,
@@ -562,7 +369,7 @@ def _remap_sources(tab, tab6, s, ctx, n_contexts: int, share: float, rng: np.ran
     random bytes after it: a probe the model has never seen, in a known network, as held-out probes are.
     Its RTTs can then only come from what the prefix says and from the context, which is what teaches the
     model to read its context. Returns the source table with the new addresses appended, and the new `s`."""
-    hit = _nonzero((rng.random(n_contexts) < share).take(ctx))
+    hit = nonzero((rng.random(n_contexts) < share).take(ctx))
     if not len(hit):
         return tab, tab6, s
     uniq, inv = np.unique(ctx.take(hit) * len(tab) + s.take(hit), return_inverse=True)
@@ -590,7 +397,7 @@ def _windows_multi(rows, time, rs, ns, crow, target, rng):
     span_r = (time.take(rs + ns - 1) - first).astype(np.float64)
     span = span_r.take(crow)
     r = rng.random((2, kk))
-    sel = _nonzero(big & (span > 0))
+    sel = nonzero(big & (span > 0))
     if len(sel):
         sp, tg, cr = span.take(sel), target.take(sel), crow.take(sel)
         lo = np.log(sp * tg / n_c.take(sel))
