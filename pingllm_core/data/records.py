@@ -1,5 +1,8 @@
 """Probe-centric ArrayRecord rows: one probe's measurements, columnar, in time order (SPEC section 3).
 
+One module: the row format (header, `encode_row` / `decode_row`), the writer that groups and shards rows and
+the reader (`ProbeRecordSource`, index.parquet) change together; a format change touches all three.
+
 A row keeps every source address its probe used (IPv4 and IPv6 together, which is what makes the
 "IPv6 counterpart of this IPv4 source" query learnable), so rows are grouped by `prb_id` (`src_addr`
 where the probe id is missing). Encoding is a small header plus flat little-endian arrays; decoding is

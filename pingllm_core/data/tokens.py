@@ -1,4 +1,8 @@
-"""The 267-token measurement language (SPEC section 4): vectorised encoder, strict decoder, grammar."""
+"""The 267-token measurement language (SPEC section 4): vectorised encoder, strict decoder, grammar.
+
+One module: the token ids, the encoder, the strict decoder and the grammar state machine are one language
+definition, checked against each other; a change to one is a change to all (and to every checkpoint).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Non-model RTT baselines (SPEC section 8), all fitted on the `train` split only.
 
+One module: every baseline is a `Baseline` (one fit/predict contract, one global-median fallback) and
+`fit_all_baselines` fits them together; apart, the base class and the registry would import each other.
+
 Every baseline answers `predict(src, dst, time)` with a median RTT in ms (never NaN: each one falls
 back to something coarser, ending at the global train median) and `predict_fail` with P(failure).
 Inputs are measurement tables with columns event_time, src_addr, dst_addr, ip_version, rtt, prb_id;

@@ -1,5 +1,8 @@
 """Decoder-only transformer (Flax NNX): pre-norm RMSNorm, RoPE, tied embeddings, packed segments, KV cache.
 
+One module: the config, the attention paths (XLA, cuDNN packed segments) and the modules that choose between
+them define one architecture, which query/decode.py mirrors from the weights.
+
 Shape suffixes: B batch, L sequence, T new tokens, S cached keys, D d_model, H heads, K d_head, F d_mlp,
 V vocab, N layers.
 """
