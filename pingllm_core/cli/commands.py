@@ -9,6 +9,7 @@ import sys
 
 from pingllm_core.cli import info as cli_info
 from pingllm_core.cli.info import CliError, table
+from pingllm_core.model.model_card import iso
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -77,7 +78,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     q.warnings = list(pred.warnings) + q.warnings
     rows = [("p_fail", pred.p_fail), ("median_ms", pred.median)]
     rows += [(f"{k}_ms", v) for k, v in pred.quantiles.items()] + [("mean_ms", pred.mean)]
-    when = "" if pred.time is None else f" at {cli_info.iso(pred.time)}"
+    when = "" if pred.time is None else f" at {iso(pred.time)}"
     payload = {
         k: v for k, v in pred.to_dict(with_distribution=args.full_distribution).items() if k != "warnings"
     }
@@ -159,9 +160,7 @@ def cmd_when(args: argparse.Namespace) -> None:
         raise CliError(f"{need}; {args.context} has none")
     found = q.engine().likely_timestamp(args.src, args.dst, args.rtt, ctx, args.k,
                                         allow_mixed_family=args.allow_mixed_family)  # fmt: skip
-    results = [
-        {"time": f.time, "utc": cli_info.iso(f.time), "delta_s": f.delta_s, "prob": f.prob} for f in found
-    ]
+    results = [{"time": f.time, "utc": iso(f.time), "delta_s": f.delta_s, "prob": f.prob} for f in found]
     rows = [(r["time"], r["utc"], r["delta_s"], r["prob"]) for r in results]
     q.emit({"src": args.src, "dst": args.dst, "rtt_ms": args.rtt, "results": results},
            table(rows, ("time", "utc", "delta_s", "prob")))  # fmt: skip

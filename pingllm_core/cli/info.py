@@ -4,7 +4,6 @@ finding the checkpoint, reading its card, plotting, ranking with a progress bar.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -20,11 +19,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code
-
-
-def iso(unix_s: int) -> str:
-    """Unix seconds as ISO 8601 UTC."""
-    return dt.datetime.fromtimestamp(int(unix_s), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def default_checkpoint() -> Path:

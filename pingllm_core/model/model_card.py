@@ -74,12 +74,13 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _iso(unix_s: int) -> str:
+def iso(unix_s: int) -> str:
+    """Unix seconds as ISO 8601 UTC (the card's and the CLI's time format)."""
     return dt.datetime.fromtimestamp(int(unix_s), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _window(first: int, last: int) -> dict:
-    return {"first": _iso(first), "last": _iso(last), "first_unix": int(first), "last_unix": int(last)}
+    return {"first": iso(first), "last": iso(last), "first_unix": int(first), "last_unix": int(last)}
 
 
 def _now() -> str:
@@ -168,7 +169,7 @@ def train_window(card: dict) -> tuple[int, int] | None:
 def window_text(card: dict) -> str | None:
     """The training window as 'FIRST .. LAST' (UTC), when known."""
     window = train_window(card)
-    return None if window is None else f"{_iso(window[0])} .. {_iso(window[1])}"
+    return None if window is None else f"{iso(window[0])} .. {iso(window[1])}"
 
 
 def beat_marginal(card: dict) -> bool | None:
@@ -198,7 +199,7 @@ def time_warning(card: dict, unix_s: int) -> str | None:
     if window is None or window[0] <= unix_s <= window[1]:
         return None
     return (
-        f"time {_iso(unix_s)} is outside the training window {window_text(card)}: the model saw no "
+        f"time {iso(unix_s)} is outside the training window {window_text(card)}: the model saw no "
         f"measurements then"
     )
 
