@@ -43,6 +43,7 @@ from flax import nnx
 from scipy import special, stats
 
 from pingllm_core.data import records
+from pingllm_core.evaluation import figures
 from pingllm_core.experiments import privacy
 from pingllm_core.model.step import lr_schedule, weighted_xent
 from pingllm_core.model.transformer import ModelConfig, Transformer, model_config
@@ -351,17 +352,21 @@ def run_mitigation(
 
 
 def markdown_table(runs: Sequence[MitigationRun]) -> str:
-    """The before/after table in Markdown."""
-    head = ("| variant | epsilon (delta) | membership AUC | TPR @ 1% FPR | TPR @ 10% FPR | member NLL | "
-            "held-out NLL | held-out RTT NLL |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
-    lines = [head]
-    for r in runs:
-        eps = "inf (no guarantee)" if math.isinf(r.epsilon) else f"{r.epsilon:.2f}"
-        a = r.audit
-        lines.append(f"| {r.name} | {eps} | {a['auc']:.3f} ± {a['auc_se']:.3f} | {a['tpr_at_1pct_fpr']:.3f} | "
-                     f"{a['tpr_at_10pct_fpr']:.3f} | {r.member_nll:.3f} | {r.heldout_nll:.3f} | "
-                     f"{r.heldout_rtt_nll:.3f} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    """The before/after table in Markdown (`figures.markdown_table` over cells formatted here)."""
+    rows = [
+        {
+            "variant": r.name,
+            "epsilon (delta)": "inf (no guarantee)" if math.isinf(r.epsilon) else f"{r.epsilon:.2f}",
+            "membership AUC": f"{r.audit['auc']:.3f} ± {r.audit['auc_se']:.3f}",
+            "TPR @ 1% FPR": f"{r.audit['tpr_at_1pct_fpr']:.3f}",
+            "TPR @ 10% FPR": f"{r.audit['tpr_at_10pct_fpr']:.3f}",
+            "member NLL": f"{r.member_nll:.3f}",
+            "held-out NLL": f"{r.heldout_nll:.3f}",
+            "held-out RTT NLL": f"{r.heldout_rtt_nll:.3f}",
+        }
+        for r in runs
+    ]
+    return figures.markdown_table(rows)
 
 
 def fig_mitigation(runs: Sequence[MitigationRun], path: str | Path) -> Path:
