@@ -10,6 +10,8 @@ model structure, `Runner` binds them to one model's weights (what `engine` and `
 - `trie_level` / `leaf`: the ranking path (`rank.py`), see there;
 - `extend` (`extend_jit`, the model's own `decode` on a gathered cache): the inverse queries' beam search.
 
+One module: the four paths share the cache layout, the split softmax and the block scan.
+
 Why attention and RoPE are written here a second time, beside `model/transformer.py`: the model's
 `Block.decode` attends over one per-row cache with a [B, 1, T, S] mask (`jax.nn.dot_product_attention`), so
 a shared prefix would be copied into every row's cache (rows x layers x length x width per call) and its
