@@ -1,4 +1,4 @@
-"""Behaviour of the training loop: learning, exact resume, warm start, NaN stop, data parallel, loading."""
+"""Behaviour of the training loop: hook cadence, learning, exact resume, warm start, NaN stop, data parallel, loading."""
 
 import json
 import math
@@ -12,8 +12,10 @@ import grain
 import numpy as np
 import pytest
 
+from pingllm_core.model.checkpoint import load_checkpoint
+from pingllm_core.model.loop import TrainLoop
 from pingllm_core.model.tracking import ListTracker, NullTracker
-from pingllm_core.model.train import TrainConfig, load_checkpoint, synthetic_batches, train
+from pingllm_core.model.train import TrainConfig, synthetic_batches, train
 from pingllm_core.model.transformer import forward_jit, model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +134,36 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     np.testing.assert_allclose(out["2"], out["1"], rtol=2e-3)
+
+
+def test_loop_runs_hooks_on_their_steps_and_reads_late_only_where_no_state_is_needed():
+    events = []
+
+    def step_fn(state):
+        events.append(("step", state + 1))
+        return state + 1, {"loss": np.float32(0.5), "n": state + 1}
+
+    loop = TrainLoop(step_fn, 7, read_late=True)
+    loop.add_hook(lambda i: events.append(("save", i.step, i.state)), every=3, last=True, state=True)
+    loop.add_hook(lambda i: events.append(("log", i.step, i.state)), every=2, last=True)
+    assert loop.run(1, start=1) == 7 and loop.step == 7
+    # Step s's hooks run after step s+1 is dispatched (state None), except where a state hook is due.
+    assert events == [
+        ("step", 2), ("step", 3), ("log", 2, None), ("save", 3, 3),
+        ("step", 4), ("step", 5), ("log", 4, None),
+        ("step", 6), ("save", 6, 6), ("log", 6, 6),
+        ("step", 7), ("save", 7, 7), ("log", 7, 7),
+    ]  # fmt: skip
+    assert [(s, m["n"]) for s, m in loop.history] == [(s, s) for s in range(2, 8)]
+    # A non-finite loss stops the run before any hook of its step (no checkpoint can persist it).
+    saved = []
+    loop = TrainLoop(
+        lambda s: (s + 1, {"loss": np.nan if s + 1 == 3 else 1.0}), 5, name="x loss", nan_note="!"
+    )
+    loop.add_hook(saved.append, every=1, state=True)
+    with pytest.raises(FloatingPointError, match=r"^x loss is nan at step 3!$"):
+        loop.run(0)
+    assert [i.step for i in saved] == [1, 2]
 
 
 def test_invalid_train_config_is_rejected():

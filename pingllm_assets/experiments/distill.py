@@ -6,6 +6,8 @@ teacher, distilled student and the same student trained from scratch: accuracy v
 query latency, so a user can pick the tier that fits their device.
 """
 
+import dataclasses
+
 import dagster as dg
 
 from pingllm_assets.data.records import probe_records
@@ -14,12 +16,16 @@ from pingllm_assets.model.train import trained_checkpoint, trained_model
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
 from pingllm_core.evaluation.evaluate import load_split
-from pingllm_core.experiments.distill import TEST_STUDENT, build_tiers
+from pingllm_core.experiments.distill import TEST_STUDENT, TiersConfig, build_tiers
 from pingllm_core.model.transformer import model_config
 
 
 class DistilledTiersConfig(dg.Config):
-    """Teacher, student shape, distillation budget and the comparison's sizes (defaults: ~2 min on 2 CPUs)."""
+    """Teacher, student shape, distillation budget and the comparison's sizes (defaults: ~2 min on 2 CPUs).
+
+    The fields shared with the core `TiersConfig` keep its meaning (and, but for the asset's smaller
+    budget, its defaults); `to_core()` converts.
+    """
 
     run_name: str = ""  # teacher checkpoint folder under <data root>/checkpoints; default: trained_model's
     student_tier: str = ""  # take the student's shape from this tier (e.g. "small" for a `base` teacher)
@@ -29,16 +35,24 @@ class DistilledTiersConfig(dg.Config):
     d_head: int = TEST_STUDENT["d_head"]
     d_mlp: int = TEST_STUDENT["d_mlp"]
     steps: int = 60  # optimiser steps for each student (distilled and from-scratch control)
-    lr: float = 3e-3
-    temperature: float = 2.0  # softening of both distributions in the KL term
-    alpha: float = 0.5  # weight of the KL term; 1 - alpha on the hard-target cross-entropy
-    batch_size: int = 8
+    lr: float = TiersConfig.lr
+    temperature: float = TiersConfig.temperature  # softening of both distributions in the KL term
+    alpha: float = TiersConfig.alpha  # weight of the KL term; 1 - alpha on the hard-target cross-entropy
+    batch_size: int = TiersConfig.batch_size
     seq_len: int = 0  # tokens per packed row; 0 = the teacher's max_len
-    eval_batches: int = 2  # held-out batches for the eval loss
+    eval_batches: int = TiersConfig.eval_batches  # held-out batches for the eval loss
     rows: int = 30  # held-out rows for the median relative error
     repeats: int = 10  # timed predict calls (after warm-up) per model
     rank_candidates: int = 100  # destinations ranked in the rank-latency column; 0 skips it
-    seed: int = 0
+    seed: int = TiersConfig.seed
+
+    def to_core(self) -> TiersConfig:
+        """The core config: same-named fields copied; the student shape, `rows` and `seq_len` translated."""
+        shape = model_config(self.student_tier) if self.student_tier else self
+        names = type(self).model_fields
+        same = {f.name: getattr(self, f.name) for f in dataclasses.fields(TiersConfig) if f.name in names}
+        return TiersConfig(**same | {"student": {f: getattr(shape, f) for f in TEST_STUDENT}, "n_rows": self.rows,
+                                     "seq_len": self.seq_len or None})  # fmt: skip
 
 
 @dg.asset(
@@ -52,12 +66,6 @@ def distilled_tiers(
 ) -> dg.MaterializeResult:
     """Teacher vs distilled student vs scratch student: params, eval loss, RTT error, CPU query latency."""
     layout = pingllm.layout
-    if config.student_tier:
-        shape = model_config(config.student_tier)
-        student = {f: getattr(shape, f) for f in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")}
-    else:
-        student = dict(d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads,
-                       d_head=config.d_head, d_mlp=config.d_mlp)  # fmt: skip
     out = layout.distill
     run = build_tiers(
         trained_checkpoint(context, layout, config.run_name),
@@ -65,18 +73,7 @@ def distilled_tiers(
         layout.records / "heldout_probes",
         load_split(layout.splits / "heldout_probes.parquet"),
         out,
-        student=student,
-        steps=config.steps,
-        lr=config.lr,
-        temperature=config.temperature,
-        alpha=config.alpha,
-        batch_size=config.batch_size,
-        seq_len=config.seq_len or None,
-        eval_batches=config.eval_batches,
-        n_rows=config.rows,
-        repeats=config.repeats,
-        rank_candidates=config.rank_candidates,
-        seed=config.seed,
+        config.to_core(),
         progress=context.log.info,
     )
     numbers = {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in run.table.rows}

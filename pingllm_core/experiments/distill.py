@@ -26,7 +26,6 @@ Pure library: no Dagster imports. The student is saved as an ordinary pingllm ch
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +41,7 @@ from pingllm_core.evaluation import figures as F
 from pingllm_core.evaluation import metrics as M
 from pingllm_core.evaluation.evaluate import context_before
 from pingllm_core.model import checkpoint as ckpt
+from pingllm_core.model.loop import StepInfo, TrainLoop, checkpoint_hook
 from pingllm_core.model.step import (
     eval_losses,
     init_states,
@@ -57,8 +57,10 @@ from pingllm_core.model.transformer import ModelConfig, Transformer, count_param
 __all__ = [
     "DISTILL_CONFIG_FILE",
     "TEST_STUDENT",
+    "DistillConfig",
     "DistillResult",
     "TierTable",
+    "TiersConfig",
     "TiersRun",
     "build_tiers",
     "distill",
@@ -178,6 +180,28 @@ class DistillResult:
     resumed_from: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Optimisation and loss settings of one distillation (or from-scratch control) run."""
+
+    steps: int  # optimizer steps (the schedule ends here)
+    lr: float  # peak learning rate after warmup
+    temperature: float  # softening T of both distributions in the KL term
+    alpha: float  # weight of the T^2-scaled KL term; 1 - alpha on the hard-target cross-entropy
+    warmup_steps: int = 10  # linear warmup from 0 (steps)
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio at the end of the cosine decay
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # clip gradients to this global L2 norm
+    seed: int = 0  # student init and dropout seed
+    log_every: int = 10  # steps between progress lines
+    teacher_dtype: str | None = "float32"  # teacher compute dtype, None: as configured (bf16 is slow on CPU)
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.lr <= 0 or self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"need steps > 0, lr > 0, temperature > 0, 0 <= alpha <= 1; got "
+                             f"{self.steps}, {self.lr}, {self.temperature}, {self.alpha}")  # fmt: skip
+
+
 def _eval_loss(model_def, model_state, batches: Sequence[dict], mesh) -> float:
     return eval_losses(make_eval_step(model_def, mesh), model_state, batches, mesh)["loss"]
 
@@ -194,33 +218,20 @@ def distill(
     teacher_cfg: ModelConfig | None,
     student_cfg: ModelConfig,
     make_iter: Callable[[], Iterator[dict]],
-    steps: int,
-    lr: float,
-    temperature: float,
-    alpha: float,
     ckpt_dir: str | Path,
-    progress: Callable[[str], None] | None = None,
+    cfg: DistillConfig,
     *,
-    warmup_steps: int = 10,
-    min_lr_ratio: float = 0.1,
-    weight_decay: float = 0.01,
-    grad_clip: float = 1.0,
-    seed: int = 0,
     eval_batches: Sequence[dict] | None = None,
-    log_every: int = 10,
-    teacher_dtype: str | None = "float32",
+    progress: Callable[[str], None] | None = None,
 ) -> DistillResult:
     """Train `student_cfg` on `make_iter()` batches against `teacher` and save it under `ckpt_dir`.
 
     `teacher=None` (or alpha=0 with no teacher) trains the same student from scratch on cross-entropy: the
-    control. The optimizer and schedule are the training loop's (`step.make_tx`, warmup + cosine); the
-    checkpoint is written with `checkpoint.save_step` (model, optimizer, data iterator, meta) at the end, so
-    a rerun with the same `steps` resumes/returns immediately and `load_checkpoint(ckpt_dir)` loads it.
-    The teacher computes in `teacher_dtype` (float32 by default: bf16 matmuls are slow on CPU).
+    control. The optimizer and schedule are the training loop's (`step.make_tx`, warmup + cosine), the
+    steps run in `loop.TrainLoop`; the checkpoint is written with `checkpoint.save_step` (model, optimizer,
+    data iterator, meta) at the last step, so a rerun with the same `steps` resumes/returns immediately and
+    `load_checkpoint(ckpt_dir)` loads it. The teacher computes in `cfg.teacher_dtype`.
     """
-    if steps <= 0 or lr <= 0 or temperature <= 0 or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"need steps > 0, lr > 0, temperature > 0, 0 <= alpha <= 1; got "
-                         f"{steps}, {lr}, {temperature}, {alpha}")  # fmt: skip
     if teacher is not None:
         teacher_cfg = teacher_cfg or teacher.cfg
         if teacher_cfg.vocab_size != student_cfg.vocab_size:
@@ -233,13 +244,13 @@ def distill(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh()
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    schedule = lr_schedule(lr, warmup_steps, steps, min_lr_ratio)
-    tx = make_tx(schedule, weight_decay=weight_decay, grad_clip=grad_clip, b1=0.9, b2=0.95)
-    model_def, opt_def, model_state, opt_state = init_states(student_cfg, tx, seed, mesh)
+    schedule = lr_schedule(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    tx = make_tx(schedule, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, b1=0.9, b2=0.95)
+    model_def, opt_def, model_state, opt_state = init_states(student_cfg, tx, cfg.seed, mesh)
     n_params = count_params(nnx.merge(model_def, model_state))
     teacher_def = teacher_state = None
     if teacher is not None:
-        teacher_def, teacher_state = _teacher_for_compute(teacher, teacher_cfg, teacher_dtype)
+        teacher_def, teacher_state = _teacher_for_compute(teacher, teacher_cfg, cfg.teacher_dtype)
         teacher_state = jax.device_put(teacher_state, replicated)
 
     mgr = ckpt.make_manager(ckpt_dir, keep=1)
@@ -251,35 +262,35 @@ def distill(
     ckpt.write_json(ckpt_dir / ckpt.MODEL_CONFIG_FILE, student_cfg.to_dict())
     ckpt.write_json(
         ckpt_dir / DISTILL_CONFIG_FILE,
-        {"steps": steps, "lr": lr, "temperature": temperature, "alpha": alpha if teacher is not None else 0.0,
-         "seed": seed, "warmup_steps": warmup_steps, "teacher": None if teacher is None else teacher_cfg.to_dict(),
-         "n_params": int(n_params)},
+        {"steps": cfg.steps, "lr": cfg.lr, "temperature": cfg.temperature,
+         "alpha": cfg.alpha if teacher is not None else 0.0, "seed": cfg.seed, "warmup_steps": cfg.warmup_steps,
+         "teacher": None if teacher is None else teacher_cfg.to_dict(), "n_params": int(n_params)},
     )  # fmt: skip
 
-    step_fn = make_distill_step(model_def, opt_def, teacher_def, mesh, temperature, alpha)
-    states = (model_state, opt_state)
-    history: list[dict[str, float]] = []
+    step_fn = make_distill_step(model_def, opt_def, teacher_def, mesh, cfg.temperature, cfg.alpha)
     what = "distill" if teacher is not None else "scratch"
-    step = start
-    for step in range(start + 1, steps + 1):
-        states, metrics = step_fn(states, teacher_state, put_batch(next(it), mesh))
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(host["loss"]):
-            raise FloatingPointError(f"{what} loss is {host['loss']} at step {step}; stopping")
-        history.append({"step": step, "loss": host["loss"], "kl": host["kl"], "ce": host["ce"]})
-        if step % log_every == 0 or step == steps:
-            say(f"{what} step {step}/{steps} loss {host['loss']:.3f} kl {host['kl']:.3f} ce {host['ce']:.3f}")
-    if start < steps:
-        meta = {"step": steps, "loss": history[-1]["loss"] if history else float("nan")}
-        ckpt.save_step(mgr, steps, states[0], states[1], it, meta)
+    loop = TrainLoop(
+        lambda states: step_fn(states, teacher_state, put_batch(next(it), mesh)),
+        cfg.steps,
+        name=f"{what} loss",
+        nan_note="; stopping",
+    )
+
+    def report(info: StepInfo) -> None:
+        m = info.metrics
+        say(f"{what} step {info.step}/{cfg.steps} loss {m['loss']:.3f} kl {m['kl']:.3f} ce {m['ce']:.3f}")
+
+    loop.add_hook(report, every=cfg.log_every, last=True)
+    loop.add_hook(checkpoint_hook(mgr, it), every=0, last=True, state=True)  # the last step only
+    model_state, _ = loop.run((model_state, opt_state), start)
     mgr.wait_until_finished()
     close = getattr(it, "close", None)
     if close is not None:
         close()
-    eval_loss = _eval_loss(model_def, states[0], eval_batches, mesh) if eval_batches else None
+    eval_loss = _eval_loss(model_def, model_state, eval_batches, mesh) if eval_batches else None
     return DistillResult(
-        step=max(step, start),
-        history=history,
+        step=loop.step,
+        history=[{"step": s, "loss": m["loss"], "kl": m["kl"], "ce": m["ce"]} for s, m in loop.history],
         eval_loss=eval_loss,
         checkpoint=ckpt_dir,
         n_params=int(n_params),
@@ -442,31 +453,43 @@ class TiersRun:
     teacher_step: int
 
 
+@dataclasses.dataclass(frozen=True)
+class TiersConfig:
+    """The tier prototype: student shape, both students' training budget and the comparison's sizes."""
+
+    student: dict | None = None  # shape fields over `student_config`'s (e.g. TEST_STUDENT)
+    steps: int = 80  # optimizer steps of each student (distilled and from-scratch control)
+    lr: float = 3e-3  # peak learning rate (warmup steps // 10, cosine to 10%)
+    temperature: float = 2.0  # softening of both distributions in the KL term
+    alpha: float = 0.5  # weight of the KL term; 1 - alpha on the hard-target cross-entropy
+    batch_size: int = 8  # packed rows per training batch
+    seq_len: int | None = None  # tokens per packed row; None = the teacher's max_len
+    eval_batches: int = 2  # held-out batches for the eval loss
+    n_rows: int = 50  # held-out rows for the median relative error
+    repeats: int = 20  # timed predict calls (after warm-up) per model
+    rank_candidates: int = 200  # destinations ranked in the rank-latency column; 0 skips it
+    seed: int = 0  # loader and student init seed (the same for both students)
+
+    def distill_config(self) -> DistillConfig:
+        """What each student trains with."""
+        return DistillConfig(steps=self.steps, lr=self.lr, temperature=self.temperature, alpha=self.alpha,
+                             seed=self.seed, warmup_steps=max(1, self.steps // 10),
+                             log_every=max(1, self.steps // 5))  # fmt: skip
+
+
 def build_tiers(
     teacher_dir: str | Path,
     train_records: str | Path,
     heldout_records: str | Path,
     heldout: pd.DataFrame,
     out_dir: str | Path,
-    *,
-    student: dict | None = None,
-    steps: int = 80,
-    lr: float = 3e-3,
-    temperature: float = 2.0,
-    alpha: float = 0.5,
-    batch_size: int = 8,
-    seq_len: int | None = None,
-    eval_batches: int = 2,
-    n_rows: int = 50,
-    repeats: int = 20,
-    rank_candidates: int = 200,
-    seed: int = 0,
+    cfg: TiersConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TiersRun:
     """Distil the checkpoint in `teacher_dir` into a student, train the same student from scratch, compare.
 
     Writes `out_dir/{distilled,scratch}/` (checkpoint folders, rebuilt each call), `tiers.png`, `tiers.md`
-    and `tiers.json`. `student` overrides the shape from `student_config` (e.g. TEST_STUDENT's fields).
+    and `tiers.json`. `cfg.student` overrides the shape from `student_config` (e.g. TEST_STUDENT's fields).
     Both students see the same batches in the same order (same loader seed) and the same init seed.
     """
     import json
@@ -475,31 +498,33 @@ def build_tiers(
     from pingllm_core.data.loader import LoaderConfig, iter_eval_batches, make_train_iter
     from pingllm_core.model.recipe import RECIPE_AUGMENTATION
 
+    cfg = cfg or TiersConfig()
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
     teacher, tcfg, t_step = ckpt.load_checkpoint(Path(teacher_dir))
-    scfg = student_config(tcfg, **(student or {}))
+    scfg = student_config(tcfg, **(cfg.student or {}))
     loader = LoaderConfig(
-        seq_len=seq_len or tcfg.max_len, batch_size=batch_size, seed=seed, **RECIPE_AUGMENTATION
+        seq_len=cfg.seq_len or tcfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed, **RECIPE_AUGMENTATION
     )
-    ev = list(iter_eval_batches(heldout_records, loader.scoring(), eval_batches))
+    ev = list(iter_eval_batches(heldout_records, loader.scoring(), cfg.eval_batches))
+    dcfg = cfg.distill_config()
     results = {}
     for name, t in (("distilled", teacher), ("scratch", None)):
         d = out_dir / name
         if d.exists():
             shutil.rmtree(d)
-        say(f"tiers: training the {name} student ({scfg.d_model}x{scfg.n_layers}) for {steps} steps")
+        say(f"tiers: training the {name} student ({scfg.d_model}x{scfg.n_layers}) for {cfg.steps} steps")
         results[name] = distill(
-            t, tcfg if t is not None else None, scfg, lambda: make_train_iter(train_records, loader),
-            steps, lr, temperature, alpha, d, say, seed=seed, eval_batches=ev,
-            warmup_steps=max(1, steps // 10), log_every=max(1, steps // 5),
+            t, tcfg if t is not None else None, scfg, lambda: make_train_iter(train_records, loader), d, dcfg,
+            eval_batches=ev, progress=say,
         )  # fmt: skip
     models = [("teacher", teacher, tcfg)]
     for name in ("distilled", "scratch"):
         m, c, _ = ckpt.load_checkpoint(out_dir / name)
         models.append((name, m, c))
-    table = tier_table(models, heldout, ev, n_rows=n_rows, repeats=repeats, rank_candidates=rank_candidates,
-                       seed=seed, fig_path=out_dir / "tiers.png", progress=say)  # fmt: skip
+    table = tier_table(models, heldout, ev, n_rows=cfg.n_rows, repeats=cfg.repeats,
+                       rank_candidates=cfg.rank_candidates, seed=cfg.seed, fig_path=out_dir / "tiers.png",
+                       progress=say)  # fmt: skip
     (out_dir / "tiers.md").write_text(table.markdown)
     (out_dir / "tiers.json").write_text(json.dumps(table.rows, indent=2))
     return TiersRun(

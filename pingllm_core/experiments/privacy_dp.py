@@ -45,6 +45,7 @@ from scipy import special, stats
 from pingllm_core.data import records
 from pingllm_core.evaluation import figures
 from pingllm_core.experiments import privacy
+from pingllm_core.model.loop import StepInfo, TrainLoop
 from pingllm_core.model.step import lr_schedule, weighted_xent
 from pingllm_core.model.transformer import ModelConfig, Transformer, model_config
 
@@ -277,20 +278,24 @@ def train_variant(
     tx = optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay)
     opt_state = tx.init(params)
     step = make_private_step(graphdef, rest, tx, clip_norm, noise_multiplier, cfg.expected_batch)
-    key = jax.random.key(cfg.seed + 17)
-    losses: list[float] = []
-    every = max(1, cfg.steps // 5)
-    for s in range(1, cfg.steps + 1):
+
+    def private_step(state):
+        params, opt_state, key = state
         key, sub = jax.random.split(key)
         params, opt_state, metrics = step(params, opt_state, sampler.next_batch(), sub)
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(host["loss"]):
-            raise FloatingPointError(f"{label or 'private'} training loss is {host['loss']} at step {s}")
-        losses.append(host["loss"])
-        if progress and (s % every == 0 or s == cfg.steps):
-            progress(f"{label} step {s}/{cfg.steps} loss {host['loss']:.3f} "
-                     f"row grad norm {host['row_grad_norm']:.2f} clipped {host['clipped']:.0%}")  # fmt: skip
-    return nnx.merge(graphdef, params, rest), losses
+        return (params, opt_state, key), metrics
+
+    loop = TrainLoop(private_step, cfg.steps, name=f"{label or 'private'} training loss")
+    if progress:
+
+        def report(info: StepInfo) -> None:
+            m = info.metrics
+            progress(f"{label} step {info.step}/{cfg.steps} loss {m['loss']:.3f} "
+                     f"row grad norm {m['row_grad_norm']:.2f} clipped {m['clipped']:.0%}")  # fmt: skip
+
+        loop.add_hook(report, every=max(1, cfg.steps // 5), last=True)
+    params, _, _ = loop.run((params, opt_state, jax.random.key(cfg.seed + 17)))
+    return nnx.merge(graphdef, params, rest), [m["loss"] for _, m in loop.history]
 
 
 def run_mitigation(

@@ -1,10 +1,12 @@
-"""Training loop: data parallel over a 1-axis mesh, exact resume from orbax checkpoints, tracked metrics."""
+"""Model training: data parallel over a 1-axis mesh, exact resume from orbax checkpoints, tracked metrics.
+
+The steps run in `loop.TrainLoop`; this module builds the state, resumes it and adds its hooks.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from pingllm_core.model import checkpoint as ckpt
-from pingllm_core.model.checkpoint import load_checkpoint  # re-exported: the documented entry point
+from pingllm_core.model.loop import StepInfo, Throughput, TrainLoop, checkpoint_hook
 from pingllm_core.model.step import (
     eval_losses,
     init_states,
@@ -29,7 +31,7 @@ from pingllm_core.model.step import (
 from pingllm_core.model.tracking import Tracker
 from pingllm_core.model.transformer import ModelConfig
 
-__all__ = ["TrainConfig", "TrainResult", "load_checkpoint", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,40 +167,20 @@ def train(
 
     train_step = make_train_step(model_def, opt_def, mesh, train_cfg.rtt_loss_weight)
     eval_step = make_eval_step(model_def, mesh) if eval_batches else None
-    states = (model_state, opt_state)
-    history: list[tuple[int, float]] = []
-    rtt_history: list[tuple[int, float]] = []
-    eval_history: list[tuple[int, float, float]] = []
-    pending: tuple[int, dict] | None = (
-        None  # metrics are read one step late so the host never stalls the device
+    loop = TrainLoop(
+        lambda states: train_step(states, put_batch(next(it), mesh)),
+        train_cfg.steps,
+        name="training loss",
+        nan_note="; stopping (no checkpoint saved)",
+        read_late=True,  # metrics are read one step late so the host never stalls the device
     )
-    timed = {"tokens": 0.0, "t0": None}  # throughput window starts after the first (compiling) step
-    eval_loss = eval_rtt_loss = None
+    throughput = Throughput("weighted_tokens")  # the window starts after the first (compiling) step
+    eval_history: list[tuple[int, float, float]] = []
 
-    def read(step: int, metrics: dict) -> dict[str, float]:
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(host["loss"]):
-            raise FloatingPointError(
-                f"training loss is {host['loss']} at step {step}; stopping (no checkpoint saved)"
-            )
-        history.append((step, host["loss"]))
-        rtt_history.append((step, host["rtt_loss"]))
-        if timed["t0"] is None:
-            timed["t0"] = time.perf_counter()
-        else:
-            timed["tokens"] += host["weighted_tokens"]
-        return host
-
-    def tokens_per_s() -> float:
-        if timed["t0"] is None:
-            return 0.0
-        return timed["tokens"] / max(time.perf_counter() - timed["t0"], 1e-9)
-
-    def report(step: int, host: dict[str, float]) -> None:
-        if step % train_cfg.log_every and step != train_cfg.steps:
-            return
+    def report(info: StepInfo) -> None:
+        step, host = info.step, info.metrics
         lr = float(schedule(step - 1))  # the lr used by this step's update
-        tps = tokens_per_s()
+        tps = throughput.per_s()
         tracker.log_metrics(
             {"loss": host["loss"], "rtt_loss": host["rtt_loss"], "lr": lr, "grad_norm": host["grad_norm"],
              "tokens_per_s": tps}, step,
@@ -207,50 +189,38 @@ def train(
         say(f"step {step}/{train_cfg.steps} loss {host['loss']:.3f} (rtt {host['rtt_loss']:.3f}) lr {lr:.1e} "
             f"tok/s {tps / 1e3:.1f}k ETA {_fmt_eta(eta)}")  # fmt: skip
 
-    def run_eval(step: int) -> tuple[float, float]:
-        got = eval_losses(eval_step, states[0], eval_batches, mesh)
+    def run_eval(step: int, model_state) -> None:
+        got = eval_losses(eval_step, model_state, eval_batches, mesh)
         tracker.log_metrics({"eval_loss": got["loss"], "eval_rtt_loss": got["rtt_loss"]}, step)
         eval_history.append((step, got["loss"], got["rtt_loss"]))
-        return got["loss"], got["rtt_loss"]
 
-    step = start
-    for step in range(start + 1, train_cfg.steps + 1):
-        batch = put_batch(next(it), mesh)
-        states, metrics = train_step(states, batch)
-        if pending is not None:
-            report(pending[0], read(*pending))
-        pending = (step, metrics)
-        is_ckpt = step % train_cfg.ckpt_every == 0 or step == train_cfg.steps
-        is_eval = eval_step is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0
-        if is_ckpt or is_eval:
-            host = read(*pending)  # check NaN before a checkpoint can persist it
-            pending = None
-            if is_ckpt:
-                meta = {"step": step, "loss": host["loss"]}
-                ckpt.save_step(mgr, step, states[0], states[1], it, meta)
-            if is_eval:
-                eval_loss, eval_rtt_loss = run_eval(step)
-            report(step, host)
-    if pending is not None:
-        report(pending[0], read(*pending))
+    # Hook order at a step: throughput, checkpoint (after the NaN check), eval, then the report.
+    loop.add_hook(throughput)
+    loop.add_hook(checkpoint_hook(mgr, it), every=train_cfg.ckpt_every, last=True, state=True)
+    if eval_step is not None and train_cfg.eval_every:
+        loop.add_hook(lambda info: run_eval(info.step, info.state[0]), every=train_cfg.eval_every, state=True)
+    loop.add_hook(report, every=train_cfg.log_every, last=True)
+    model_state, _ = loop.run((model_state, opt_state), start)
+    step = loop.step
     # The final eval, unless the last step just ran one (also when a finished run is re-materialized).
     if eval_step is not None and (
-        eval_loss is None or not train_cfg.eval_every or step % train_cfg.eval_every
+        not eval_history or not train_cfg.eval_every or step % train_cfg.eval_every
     ):
-        eval_loss, eval_rtt_loss = run_eval(step)
+        run_eval(step, model_state)
     mgr.wait_until_finished()
     final_dir = ckpt_dir / str(mgr.latest_step())
+    eval_loss, eval_rtt_loss = eval_history[-1][1:] if eval_history else (None, None)
     return TrainResult(
         step=step,
-        history=history,
+        history=[(s, m["loss"]) for s, m in loop.history],
         eval_loss=eval_loss,
-        tokens_per_s=tokens_per_s(),
+        tokens_per_s=throughput.per_s(),
         checkpoint=final_dir,
         seconds=time.perf_counter() - t_start,
         n_params=int(n_params),
         resumed_from=resumed_from,
         eval_rtt_loss=eval_rtt_loss,
-        rtt_history=rtt_history,
+        rtt_history=[(s, m["rtt_loss"]) for s, m in loop.history],
         eval_history=eval_history,
     )
 
