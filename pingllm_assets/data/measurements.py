@@ -15,7 +15,8 @@ from pingllm_assets.resources import PingllmSettings
 from pingllm_core.data import catalog as catalog_lib
 from pingllm_core.data.splits import CHECK_NAMES, SPLITS, SplitConfig, check_splits, make_sample, make_splits
 from pingllm_core.ingest.download import DownloadReport, read_day_report
-from pingllm_core.ingest.parse import ParseConfig, ParseSummary, parse_files
+from pingllm_core.ingest.parse import ParseSummary, parse_files
+from pingllm_core.ingest.parse_block import ParseConfig
 
 CHECK_PARSED = "every_file_parsed"  # blocking: a file that could not be parsed stops the sample and splits
 # Column schemas in the definitions, so the catalog's Columns tab shows them before the first materialization.

@@ -16,7 +16,8 @@ from pingllm_assets.model.train import trained_checkpoint, trained_model
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
 from pingllm_core.evaluation.evaluate import load_split
-from pingllm_core.experiments.distill import TEST_STUDENT, TiersConfig, build_tiers
+from pingllm_core.experiments.distill import TEST_STUDENT
+from pingllm_core.experiments.distill_tiers import TiersConfig, build_tiers
 from pingllm_core.model.transformer import model_config
 
 

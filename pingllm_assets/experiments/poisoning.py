@@ -7,7 +7,8 @@ from pingllm_assets.metadata import flat_numbers, png_markdown
 from pingllm_assets.model.train import trained_model
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
-from pingllm_core.experiments.poisoning import ExperimentConfig, PoisonConfig, run_experiment
+from pingllm_core.experiments.poisoning import ExperimentConfig, run_experiment
+from pingllm_core.experiments.poisoning_inject import PoisonConfig
 
 
 class PoisoningConfig(dg.Config):

@@ -11,10 +11,11 @@ from pingllm_assets.metadata import flat_numbers, png_markdown
 from pingllm_assets.model.train import trained_checkpoint, trained_model
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
-from pingllm_core.experiments.privacy import fig_membership_roc, membership_audit, probe_loss_table
+from pingllm_core.evaluation.figures import fig_membership_roc, fig_mitigation
+from pingllm_core.evaluation.metrics import membership_audit
+from pingllm_core.experiments.privacy import probe_loss_table
 from pingllm_core.experiments.privacy_dp import (
     MitigationConfig,
-    fig_mitigation,
     markdown_table,
     run_mitigation,
 )

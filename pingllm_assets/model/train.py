@@ -11,8 +11,8 @@ from pingllm_assets.metadata import png_markdown
 from pingllm_assets.partitions import SINGLE_RUN
 from pingllm_assets.resources import PingllmSettings
 from pingllm_core.data.loader import iter_eval_batches, make_train_iter
-from pingllm_core.evaluation.evaluate import rtt_byte_losses, rtt_marginal_loss, unigram_cross_entropy
 from pingllm_core.evaluation.figures import fig_loss_curve
+from pingllm_core.evaluation.token_losses import rtt_byte_losses, rtt_marginal_loss, unigram_cross_entropy
 from pingllm_core.model import model_card
 from pingllm_core.model.checkpoint import load_checkpoint
 from pingllm_core.model.recipe import Recipe

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pingllm_core import db
-from pingllm_core.ingest.parse import MEASUREMENT_SCHEMA
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
 
 SPLITS = ("train", "heldout_probes", "future")
 CHECK_NAMES = tuple(

@@ -83,7 +83,7 @@ def context_last_seen(df: pd.DataFrame, row: int, k: int, fallback: float) -> fl
 
 def context_before(df: pd.DataFrame, row: int, k: int, timed: bool = True):
     """`context_rows` as query measurements (timestamped when `timed`); None if there are none."""
-    from pingllm_core.query.engine import make_measurements
+    from pingllm_core.query.context import make_measurements
 
     if k <= 0:
         return None

@@ -309,3 +309,42 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def fig_tiers(rows: Sequence[dict], path: str | Path) -> Path:
+    """Accuracy vs parameters (eval loss and median relative error), each point annotated with its latency."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (
+        ("eval_loss", "held-out eval loss (nats/token)"),
+        ("median_rel_err", "median relative error, median RTT"),
+    )
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for i, r in enumerate(rows):
+            ax.scatter([r["params"]], [r[key]], s=50, color=f"C{i}", label=r["model"], zorder=3)
+            note = f"{r['predict_p50_ms']:.1f} ms/predict"
+            if "rank_p50_ms" in r:
+                note += f"\n{r['rank_p50_ms']:.0f} ms/rank"
+            left = i % 2 == 1  # same-size students (distilled, scratch) get labels on opposite sides
+            ax.annotate(note, (r["params"], r[key]), textcoords="offset points", xytext=(-8 if left else 8, 0),
+                        ha="right" if left else "left", va="center", fontsize=7, color=f"C{i}")  # fmt: skip
+        lo, hi = min(r["params"] for r in rows), max(r["params"] for r in rows)
+        ax.set_xlim(lo / 3, hi * 3)
+        ax.margins(y=0.3)
+        _log_x(ax)
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper right")
+    fig.suptitle("tiers: accuracy vs size (p50 CPU query latency annotated)", fontsize=10)
+    return _save(fig, path)
+
+
+def fig_mitigation(runs: Sequence, path: str | Path) -> Path:
+    """The attack's ROC for every DP-SGD variant (`privacy_dp.MitigationRun`: name, member_losses,
+    nonmember_losses) on the same axes, with the plain run's loss histograms."""
+    return fig_membership_roc(
+        {r.name: r.member_losses for r in runs},
+        {r.name: r.nonmember_losses for r in runs},
+        path,
+        title="membership inference before/after DP-SGD",
+    )

@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from pingllm_core.data.loader import LoaderConfig, iter_eval_batches, make_train_iter
+from pingllm_core.data.loader import iter_eval_batches, make_train_iter
+from pingllm_core.data.loader_config import LoaderConfig
 from pingllm_core.evaluation import metrics as M
 from pingllm_core.evaluation.baselines import fit_all_baselines
-from pingllm_core.evaluation.evaluate import load_split, model_rows, rtt_marginal_loss
+from pingllm_core.evaluation.evaluate import load_split, model_rows
+from pingllm_core.evaluation.token_losses import rtt_marginal_loss
 from pingllm_core.model.recipe import Recipe
 from pingllm_core.model.tracking import ListTracker
 from pingllm_core.model.train import TrainConfig, train

@@ -75,7 +75,7 @@ class ExperimentResult:
 
 
 def _write_split(df: pd.DataFrame, path: Path) -> Path:
-    from pingllm_core.ingest.parse import MEASUREMENT_SCHEMA
+    from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
 
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = [f.name for f in MEASUREMENT_SCHEMA if f.name in df.columns]
@@ -86,7 +86,8 @@ def _write_split(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _train_tiny(records_dir: Path, heldout_dir: Path, ckpt_dir: Path, cfg: ExperimentConfig, say):
-    from pingllm_core.data.loader import LoaderConfig, iter_eval_batches, make_train_iter
+    from pingllm_core.data.loader import iter_eval_batches, make_train_iter
+    from pingllm_core.data.loader_config import LoaderConfig
     from pingllm_core.model.recipe import RECIPE_AUGMENTATION, RECIPE_RTT_LOSS_WEIGHT
     from pingllm_core.model.tracking import NullTracker
     from pingllm_core.model.train import TrainConfig, train

@@ -372,13 +372,3 @@ def markdown_table(runs: Sequence[MitigationRun]) -> str:
         for r in runs
     ]
     return figures.markdown_table(rows)
-
-
-def fig_mitigation(runs: Sequence[MitigationRun], path: str | Path) -> Path:
-    """The attack's ROC for every variant on the same axes, with the plain run's loss histograms."""
-    return privacy.fig_membership_roc(
-        {r.name: r.member_losses for r in runs},
-        {r.name: r.nonmember_losses for r in runs},
-        path,
-        title="membership inference before/after DP-SGD",
-    )

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from pingllm_core.data.loader import LoaderConfig
+from pingllm_core.data.loader_config import LoaderConfig
 from pingllm_core.model.train import TrainConfig
 from pingllm_core.model.transformer import ModelConfig, model_config
 

@@ -41,7 +41,6 @@ from pingllm_core.query.context import (
 )
 from pingllm_core.query.decode import Runner
 from pingllm_core.query.inputs import (
-    MAX_RTT_MS,
     FamilyError,
     QueryError,
     address_warnings,
@@ -58,7 +57,7 @@ from pingllm_core.query.result import (
     RttPrediction,
     quantile_key,
 )
-from pingllm_core.query.rtt_codes import MIN_BRANCH_PROB, discrete_quantile, result_distribution
+from pingllm_core.query.rtt_codes import MAX_RTT_MS, MIN_BRANCH_PROB, discrete_quantile, result_distribution
 
 __all__ = [  # the query API: the engine and the names its callers use, from the modules that define them
     "DEFAULT_QUANTILES", "FIELD_ORDER", "HISTOGRAM_EDGES_MS", "MAX_RTT_MS", "MIN_BRANCH_PROB", "NO_TIME",

@@ -76,7 +76,7 @@ def is_public(text: str) -> bool:
     only within 2000::/3): the only kind of source the model was trained on."""
     # The parser's rule, so that the two never disagree; imported here because `ingest.parse` loads duckdb and
     # pyarrow, which the CLI's start-up and input checks should not pay for.
-    from pingllm_core.ingest.parse import classify_address
+    from pingllm_core.ingest.parse_address import classify_address
 
     return classify_address(str(ipaddress.ip_address(text)))[1]
 
