@@ -9,7 +9,7 @@ import pytest
 from pingllm_core.data import records
 from pingllm_core.experiments import ablation
 from pingllm_core.model.recipe import Recipe
-from tests.test_records import make_split
+from tests.helpers.splits import make_split
 
 PROBES = [(1, 1, 400), (2, 1, 300), (3, 2, 300), (4, 1, 200)]
 
@@ -39,6 +39,7 @@ def test_variant_configs_apply_the_reference_then_the_change():
     assert (model, loader, dataclasses.replace(train, log_every=120, ckpt_every=600)) == Recipe().configs()
 
 
+@pytest.mark.slow
 def test_runs_variants_and_keeps_earlier_results(data_root, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["--data-root", str(data_root), "--out", str(out), "--rows", "6", "--steps", "3"]

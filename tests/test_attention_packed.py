@@ -56,6 +56,7 @@ rows = st.lists(st.integers(1, 12), min_size=1, max_size=9).flatmap(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(batch=st.lists(rows, min_size=1, max_size=4), slots=st.integers(2, 12))
 def test_packed_description_means_the_model_mask(batch, slots):

@@ -260,6 +260,7 @@ def test_mixed_family_pair_is_answered_only_when_asked(ckpt, capsys):
     assert code == EXIT_OK and "2a01:4f8::1" in out
 
 
+@pytest.mark.slow
 def test_private_addresses_are_warned_about_in_every_command(ckpt, capsys, monkeypatch):
     private = "10.1.2.3"
     monkeypatch.setattr("sys.stdin", io.StringIO("8.8.8.8\n192.168.0.1\n"))
@@ -378,6 +379,7 @@ def test_missing_checkpoint_is_reported(capsys, tmp_path, monkeypatch):
     assert code == EXIT_BAD_INPUT and "does not exist" in err
 
 
+@pytest.mark.e2e
 def test_console_script_reports_a_bad_range_in_one_line():
     script = Path(sys.executable).with_name("pingllm")
     done = subprocess.run(
@@ -387,6 +389,8 @@ def test_console_script_reports_a_bad_range_in_one_line():
     assert done.stderr.count("\n") == 1 and "at or below 0" in done.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_console_script_keeps_compiled_programs_for_the_next_call(ckpt, tmp_path):
     cache = tmp_path / "xla"
     env = {**os.environ, "PINGLLM_COMPILE_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}

@@ -23,7 +23,7 @@ from pingllm_core.model.checkpoint import load_checkpoint
 from pingllm_core.model.train import synthetic_batches
 from pingllm_core.model.transformer import Transformer, count_params, model_config
 from pingllm_core.query.engine import QueryEngine
-from tests.test_records import make_split
+from tests.helpers.splits import make_split
 
 SEQ = 64
 BATCHES = synthetic_batches(8, 4, SEQ, seed=0)
@@ -139,6 +139,7 @@ def test_scratch_control_is_cross_entropy_only(tmp_path):
 # ----------------------------------------------------------------------------------------------- table
 
 
+@pytest.mark.slow
 def test_tier_table_numbers_and_figure(distilled, tmp_path):
     teacher, result = distilled
     student, scfg, _ = load_checkpoint(result.checkpoint)

@@ -12,11 +12,7 @@ import pytest
 
 from pingllm_core.data import loader, loader_transforms, records, tokens
 from pingllm_core.data.loader_transforms import MODE_FULL, MODE_MIXED, MODE_NONE
-
-try:
-    from test_records import make_split
-except ImportError:  # tests collected as a package
-    from tests.test_records import make_split
+from tests.helpers.splits import make_split
 
 CFG = loader.LoaderConfig(seq_len=256, batch_size=4, seed=3)
 TIME_TOKENS = (tokens.TIMESTAMP_ABS, tokens.TIMESTAMP_DELTA1, tokens.TIMESTAMP_DELTA4)

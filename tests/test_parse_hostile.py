@@ -103,6 +103,7 @@ def _every_line_is_rows_or_one_reject(parsed, n_lines: int, n_invalid: int) -> N
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dump=hostile_dump())
+@pytest.mark.slow
 def test_hostile_lines_become_rows_or_one_counted_reject_each(tmp_path: Path, dump) -> None:
     path = _write(tmp_path / "ping-hostile.bz2", [line for line, _ in dump])
     n_invalid = sum(bad for _, bad in dump)

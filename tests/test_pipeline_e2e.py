@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,11 +13,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from graph_assets import GRAPH_ASSETS
 
 from pingllm_assets.evaluation.evaluation import CHECK_BEATS_GLOBAL, SUMMARY
 from pingllm_core import db
 from pingllm_core.data import catalog
+from tests.helpers.dagster_home import make_dagster_home
+from tests.helpers.graph_assets import GRAPH_ASSETS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ASSETS = GRAPH_ASSETS
 PROJECT = Path(__file__).parents[1]
@@ -61,9 +63,7 @@ def _env(root: Path, home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "dagster_instance.yaml", home / "dagster.yaml")
+    home = make_dagster_home(root)
     env = {**os.environ, **_env(root, home)}
     dagster = Path(sys.executable).parent / "dagster"
     cmd = [str(dagster), "asset", "materialize", "-m", "pingllm_assets.definitions", "--select", "*",
@@ -264,6 +264,7 @@ def _open_markdown(page, key: str):
     return dialog
 
 
+@pytest.mark.browser
 def test_dagster_ui_shows_the_graph_the_summary_the_figures_and_the_check(
     webserver, materialized, monkeypatch
 ):

@@ -132,6 +132,7 @@ def test_rank_average_and_metrics_by_hand() -> None:
 # -------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_end_to_end_on_a_small_split(tmp_path: Path) -> None:
     world = make_world(n_probes=24, rows_per_pair=4, seed=2)
     ids = world.prb_id.unique()

@@ -11,7 +11,7 @@ from flax import nnx
 from pingllm_core.data import records, tokens
 from pingllm_core.experiments import privacy
 from pingllm_core.model.transformer import Transformer, model_config
-from tests.test_records import make_record_splits
+from tests.helpers.splits import make_record_splits
 
 # ------------------------------------------------------------------------------------- audit metrics
 

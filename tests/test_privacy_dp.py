@@ -15,7 +15,7 @@ from flax import nnx
 from pingllm_core.data import records, tokens
 from pingllm_core.experiments import privacy, privacy_dp
 from pingllm_core.model.transformer import Transformer, model_config
-from tests.test_records import make_record_splits
+from tests.helpers.splits import make_record_splits
 
 # ------------------------------------------------------------------------------------------ accounting
 
@@ -180,6 +180,7 @@ def test_sampler_draws_each_probe_with_rate_q(record_dirs) -> None:
         source, unit_rows, q=0.25, seq_len=128, seed=0).next_batch()["tokens"])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_before_after_experiment(record_dirs, tmp_path: Path) -> None:
     cfg = privacy_dp.MitigationConfig(n_members=6, expected_batch=3, steps=6, seq_len=128, max_nonmembers=20,
                                       contexts_per_probe=1, noise_multipliers=(1.0,))  # fmt: skip

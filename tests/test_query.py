@@ -166,6 +166,7 @@ TRIE_CANDIDATES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timed", [False, True])
 def test_trie_rank_equals_one_by_one_predict(engine, timed_context, monkeypatch, timed):
     # Share three address bytes and cut the candidates into several tries: the shared levels (one token per

@@ -68,6 +68,7 @@ def test_tiny_model_learns_and_starts_at_uniform_loss(tmp_path):
     assert (nll * w).sum() / w.sum() < losses[0] - 1.0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path):
     full = train(CFG, _cfg(), _make_iter(), tmp_path / "a", NullTracker())
 
@@ -109,6 +110,7 @@ def test_nan_loss_stops_with_the_step_and_saves_no_checkpoint(tmp_path):
     assert not (tmp_path / "3").exists()
 
 
+@pytest.mark.slow
 def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
     script = textwrap.dedent(f"""
         import json, sys, grain

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # two training subprocesses: over a minute on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, CKPT_EVERY, HOLD_STEP = 16, 4, 12
