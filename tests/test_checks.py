@@ -14,7 +14,7 @@ from pingllm_assets.ingest.raw import CHECK_DOWNLOADED
 from pingllm_assets.model.train import CHECK_LOSS
 from pingllm_assets.resources import resources_for
 from pingllm_core.data.splits import CHECK_NAMES
-from pingllm_core.ingest.parse import MEASUREMENT_SCHEMA
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
 from pingllm_core.settings import ProjectSettings
 
 

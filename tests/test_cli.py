@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from pingllm_core.cli.main import EXIT_BAD_INPUT, EXIT_OK, default_checkpoint, main
+from pingllm_core.cli.info import default_checkpoint
+from pingllm_core.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
 from pingllm_core.model import model_card
 from pingllm_core.model.tracking import NullTracker
 from pingllm_core.model.train import TrainConfig, synthetic_batches, train
 from pingllm_core.model.transformer import model_config
-from pingllm_core.query.engine import QueryEngine, is_public, parse_ip
+from pingllm_core.query.engine import QueryEngine
+from pingllm_core.query.inputs import is_public, parse_ip
 
 SRC = "193.0.14.129"
 SRC6 = "2001:67c:2e8:22::c100:68b"

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from pingllm_assets.definitions import build_defs
-from pingllm_core.ingest.parse import MEASUREMENT_SCHEMA
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
 from pingllm_core.settings import ProjectSettings
 
 DAYS = ["2024-08-30", "2024-08-31", "2024-09-01", "2024-09-02"]

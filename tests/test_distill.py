@@ -13,12 +13,11 @@ from pingllm_core.evaluation.evaluate import load_split
 from pingllm_core.experiments.distill import (
     TEST_STUDENT,
     DistillConfig,
-    TiersConfig,
     distill,
     distill_loss,
     student_config,
-    tier_table,
 )
+from pingllm_core.experiments.distill_tiers import TiersConfig, tier_table
 from pingllm_core.model.checkpoint import load_checkpoint
 from pingllm_core.model.train import synthetic_batches
 from pingllm_core.model.transformer import Transformer, count_params, model_config

@@ -17,7 +17,8 @@ import pytest
 import pingllm_core.ingest.bz2_lines as bz2_lines
 import pingllm_core.ingest.parse_address as parse_address
 import pingllm_core.ingest.parse_block as parse_block
-from pingllm_core.ingest.parse import MANIFEST_KEYS, MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
+from pingllm_core.ingest.parse import MANIFEST_KEYS, parse_file, parse_files
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA, ParseConfig
 
 REAL = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

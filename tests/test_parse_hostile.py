@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pingllm_core.ingest.parse_block as parse_block
-from pingllm_core.ingest.parse import MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
+from pingllm_core.ingest.parse import parse_file, parse_files
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA, ParseConfig
 
 REAL = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 STARLINK = REAL / "starlink" / "2022-12-15" / "ping-2022-12-15T1600.bz2"

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from pingllm_core.data import records, tokens
+from pingllm_core.evaluation import figures
 from pingllm_core.experiments import privacy, privacy_dp
 from pingllm_core.model.transformer import Transformer, model_config
 from tests.helpers.splits import make_record_splits
@@ -201,7 +202,7 @@ def test_before_after_experiment(record_dirs, tmp_path: Path) -> None:
     assert any("DP-SGD sigma=1 C=1: membership AUC" in m for m in logs)
     table = privacy_dp.markdown_table(runs)
     assert table.count("\n") == 2 + len(runs) and "inf (no guarantee)" in table
-    fig = privacy_dp.fig_mitigation(runs, tmp_path / "m.png")
+    fig = figures.fig_mitigation(runs, tmp_path / "m.png")
     assert fig.read_bytes()[:4] == b"\x89PNG" and fig.stat().st_size > 5000
     with pytest.raises(ValueError, match="needs more than"):
         privacy_dp.run_mitigation(record_dirs[0], record_dirs[1], privacy_dp.MitigationConfig(n_members=12))

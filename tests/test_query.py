@@ -14,19 +14,9 @@ from flax import nnx
 from pingllm_core.data import tokens as T
 from pingllm_core.model.transformer import Transformer, model_config
 from pingllm_core.query import rank as query_rank
-from pingllm_core.query.engine import (
-    MAX_RTT_MS,
-    NO_TIME,
-    FamilyError,
-    QueryEngine,
-    QueryError,
-    discrete_quantile,
-    is_public,
-    load_context,
-    make_measurements,
-    parse_ip,
-    parse_time,
-)
+from pingllm_core.query.context import NO_TIME, load_context, make_measurements
+from pingllm_core.query.engine import QueryEngine
+from pingllm_core.query.inputs import FamilyError, QueryError, is_public, parse_ip, parse_time
 from pingllm_core.query.inverse import (
     beam_field,
     counterpart,
@@ -34,7 +24,14 @@ from pingllm_core.query.inverse import (
     likely_timestamp,
     sample_tokens,
 )
-from pingllm_core.query.rtt_codes import ALL_RTT_MS, byte2_probs, result_distribution, result_heads
+from pingllm_core.query.rtt_codes import (
+    ALL_RTT_MS,
+    MAX_RTT_MS,
+    byte2_probs,
+    discrete_quantile,
+    result_distribution,
+    result_heads,
+)
 
 SRC = "193.0.14.129"
 T0 = 1_700_000_000

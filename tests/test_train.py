@@ -179,7 +179,7 @@ def test_rtt_loss_counts_exactly_the_rtt_bytes():
     import jax.numpy as jnp
 
     from pingllm_core.data import tokens as T
-    from pingllm_core.evaluation.evaluate import rtt_marginal_loss
+    from pingllm_core.evaluation.token_losses import rtt_marginal_loss
     from pingllm_core.model.step import rtt_byte_mask, xent_sums
     from pingllm_core.query.context import FIELD_ORDER, make_measurements
 
@@ -254,7 +254,7 @@ def test_rtt_byte_losses_split_the_rtt_loss_into_its_two_bytes():
     import jax.numpy as jnp
 
     from pingllm_core.data import tokens as T
-    from pingllm_core.evaluation.evaluate import rtt_byte_losses, rtt_marginal_loss
+    from pingllm_core.evaluation.token_losses import rtt_byte_losses, rtt_marginal_loss
     from pingllm_core.query.context import FIELD_ORDER, make_measurements
 
     m = make_measurements([1_700_000_000 + 60 * i for i in range(4)], ["192.0.2.1"] * 4,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pingllm_core.cli import commands as cli_commands
 from pingllm_core.cli import info as cli_info
-from pingllm_core.cli.info import CHECKPOINT_ENV, CliError, default_checkpoint  # noqa: F401 (re-exported)
+from pingllm_core.cli.info import CHECKPOINT_ENV, CliError
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 MAX_RESULTS = 100  # -n / -k: beams are twice as many, each holding a KV cache

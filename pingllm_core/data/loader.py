@@ -22,10 +22,10 @@ import numpy as np
 from absl import flags
 
 from pingllm_core.data.loader_config import LoaderConfig
-from pingllm_core.data.loader_transforms import make_contexts, sample_rows
+from pingllm_core.data.loader_transforms import sample_rows
 from pingllm_core.data.records import ProbeRecordSource, ProbeRow
 
-__all__ = ["LoaderConfig", "make_contexts", "make_dataset", "make_train_iter", "iter_eval_batches", "Batch"]
+__all__ = ["make_dataset", "make_train_iter", "iter_eval_batches", "Batch"]
 
 Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32[B, L]; weights: float32[B, L]
 _ID_RUNS = 16  # segment ids below this are copied from constant runs when packing

@@ -1,4 +1,4 @@
-"""`LoaderConfig`: how probe rows become packed training batches (data.loader re-exports it).
+"""`LoaderConfig`: how probe rows become packed training batches.
 
 Its own module so that loader.py (the Grain pipeline) and loader_transforms.py (the per-row sampling it
 runs) both import it from below instead of from each other.

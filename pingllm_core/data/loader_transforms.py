@@ -26,12 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pingllm_core.data.loader_config import LoaderConfig
-from pingllm_core.data.loader_encode import (  # noqa: F401  (encode_contexts re-exported)
+from pingllm_core.data.loader_encode import (
     LAST_FIELD_PERMS,
     LAYOUT_LEN,
     PERMS,
     QUERY_PERM,
-    encode_contexts,
     layouts,
     nonzero,
     time_kinds,

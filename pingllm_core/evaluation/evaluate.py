@@ -1,7 +1,6 @@
 """Evaluation (SPEC section 8): the model and every baseline on the same rows, metrics, figures, report.
 
-The reference losses on token batches (unigram, RTT marginal, per RTT byte) are token_losses.py's, re-exported
-here.
+The reference losses on token batches (unigram, RTT marginal, per RTT byte) are in token_losses.py.
 """
 
 from __future__ import annotations
@@ -21,11 +20,6 @@ from pingllm_core.evaluation import figures as F
 from pingllm_core.evaluation import metrics as M
 from pingllm_core.evaluation.baselines import fit_all_baselines, to_unix_seconds
 from pingllm_core.evaluation.report import jsonable, write_report
-from pingllm_core.evaluation.token_losses import (  # noqa: F401  (re-exported)
-    rtt_byte_losses,
-    rtt_marginal_loss,
-    unigram_cross_entropy,
-)
 
 LOG_FLOOR = 1e-12  # probability floor for log P of a code the pruned distribution does not hold
 

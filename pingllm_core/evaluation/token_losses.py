@@ -2,7 +2,7 @@
 
 The unigram bar (no context at all), the RTT marginal (one RTT distribution for every pair, counted on the
 train split) and the model's loss on each RTT byte next to the marginal's. Batches are the loader's
-(tokens, weights, ...); evaluate.py re-exports these.
+(tokens, weights, ...).
 """
 
 from __future__ import annotations

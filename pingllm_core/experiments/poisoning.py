@@ -4,8 +4,7 @@ Threats T1-T4 of docs/decentralized.md are injected into a `train` split (poison
 looked for without any ground truth by per-probe detectors: nll, consistency with other probes, and their
 rank average (poisoning_detect.py). This module runs the experiment: inject, detect, clean, and the cost of
 poisoning: a tiny model and the PrefixPairMedian baseline fitted on the poisoned split and on a cleaned one
-(the top-scored probes dropped) are compared on the same held-out rows. The names of the two parts are
-re-exported here. Pure library: no Dagster imports.
+(the top-scored probes dropped) are compared on the same held-out rows. Pure library: no Dagster imports.
 """
 
 from __future__ import annotations
@@ -27,22 +26,19 @@ from pingllm_core.evaluation import metrics as M
 from pingllm_core.evaluation.baselines import PrefixPairMedian, address_prefix
 from pingllm_core.evaluation.figures import fig_poisoning
 from pingllm_core.evaluation.report import jsonable
-from pingllm_core.experiments.poisoning_detect import (  # noqa: F401  (re-exported)
+from pingllm_core.experiments.poisoning_detect import (
     DETECTORS,
     ConsistencyConfig,
     consistency_scores,
-    detection_metrics,
     detection_table,
     nll_scores,
     rank_average,
 )
-from pingllm_core.experiments.poisoning_inject import (  # noqa: F401  (re-exported)
+from pingllm_core.experiments.poisoning_inject import (
     HONEST,
-    LIAR_KINDS,
     PoisonConfig,
     PoisonTruth,
     inject_poison,
-    used_prefixes,
 )
 from pingllm_core.paths import DataLayout
 

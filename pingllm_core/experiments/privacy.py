@@ -21,7 +21,7 @@ Principles", IEEE S&P 2022) and the membership advantage max(TPR - FPR) of Yeom 
 
 This is a *lower bound* on leakage: a stronger attack (LiRA with shadow models, reference-model
 calibration) can only do better. The audit's numbers (`membership_audit`, `roc_points`, `tpr_at_fpr`) live in
-evaluation.metrics and its figure (`fig_membership_roc`) in evaluation.figures; both are re-exported here.
+evaluation.metrics and its figure (`fig_membership_roc`) in evaluation.figures.
 Pure library: no Dagster imports.
 """
 
@@ -37,8 +37,6 @@ import numpy as np
 from flax import nnx
 
 from pingllm_core.data import records, tokens
-from pingllm_core.evaluation.figures import fig_membership_roc  # noqa: F401  (re-exported)
-from pingllm_core.evaluation.metrics import membership_audit, roc_points, tpr_at_fpr  # noqa: F401  (re-exported)
 from pingllm_core.model.transformer import Transformer
 from pingllm_core.query.context import FIELD_ORDER
 

@@ -43,7 +43,7 @@ from flax import nnx
 from scipy import special, stats
 
 from pingllm_core.data import records
-from pingllm_core.evaluation import figures
+from pingllm_core.evaluation import figures, metrics
 from pingllm_core.experiments import privacy
 from pingllm_core.model.loop import StepInfo, TrainLoop
 from pingllm_core.model.step import lr_schedule, weighted_xent
@@ -344,7 +344,7 @@ def run_mitigation(
         tail = losses[-max(1, len(losses) // 10) :]
         runs.append(MitigationRun(
             name=name, clip_norm=clip, noise_multiplier=sigma, epsilon=eps,
-            audit=privacy.membership_audit(mem.loss, non), member_nll=float(np.nanmean(mem.loss)),
+            audit=metrics.membership_audit(mem.loss, non), member_nll=float(np.nanmean(mem.loss)),
             heldout_nll=float(np.nanmean(held.loss)), heldout_rtt_nll=float(np.nanmean(held.field("result"))),
             final_loss=float(np.mean(tail)), truncated_draws=sampler.truncated_draws,
             seconds=time.perf_counter() - t0, member_losses=mem.loss, nonmember_losses=non,

@@ -7,7 +7,7 @@ most rejects) goes to the generic SQL parser (parse_sql.py), which defines the b
 hold the two paths to identical output. Addresses are classified in Python once per distinct string (cached,
 parse_address.py). No Python loop runs per result or per row. parse_block.py parses one block of lines;
 this module drives whole files: damage and failures per file, the fast bz2 decoder's fallback, one Parquet
-part per file in parallel processes. ParseConfig, MEASUREMENT_SCHEMA and classify_address are re-exported.
+part per file in parallel processes. ParseConfig and MEASUREMENT_SCHEMA live in parse_block.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from pingllm_core.ingest.bz2_lines import (
     fast_decoder_available,
     prefetch,
 )
-from pingllm_core.ingest.parse_address import classify_address  # noqa: F401  (re-exported)
 from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA, ParseConfig, parse_block
 from pingllm_core.ingest.parse_sql import connect_parser
 

@@ -7,8 +7,7 @@ grammar (`tokens.GrammarState`) allows at that position and to the field asked f
 The shared prefix is run once into a KV cache; branches (byte-2 given byte-1, candidates) reuse it. Jitted
 decoding lives in `decode.py`, ranking many candidates over a trie of their address bytes in `rank.py`, the
 RTT code tables and distributions in `rtt_codes.py`, the inverse queries in `inverse.py`, the result types
-in `result.py`, prompts and context files in `context.py` and the input rules in `inputs.py`. This module
-is the query API in one place: it re-exports their public names (`__all__`).
+in `result.py`, prompts and context files in `context.py` and the input rules in `inputs.py`.
 """
 
 from __future__ import annotations
@@ -34,10 +33,7 @@ from pingllm_core.query.context import (
     Prompt,
     as_measurements,
     build_prompt,
-    concat,
-    load_context,
     make_measurements,
-    take,
 )
 from pingllm_core.query.decode import Runner
 from pingllm_core.query.inputs import (
@@ -45,26 +41,18 @@ from pingllm_core.query.inputs import (
     QueryError,
     address_warnings,
     check_families,
-    is_public,
     parse_ip,
     parse_time,
 )
 from pingllm_core.query.rank import RankStats, bucket, rank_family
 from pingllm_core.query.result import (
     DEFAULT_QUANTILES,
-    HISTOGRAM_EDGES_MS,
     RankedDestination,
     RttPrediction,
-    quantile_key,
 )
-from pingllm_core.query.rtt_codes import MAX_RTT_MS, MIN_BRANCH_PROB, discrete_quantile, result_distribution
+from pingllm_core.query.rtt_codes import result_distribution
 
-__all__ = [  # the query API: the engine and the names its callers use, from the modules that define them
-    "DEFAULT_QUANTILES", "FIELD_ORDER", "HISTOGRAM_EDGES_MS", "MAX_RTT_MS", "MIN_BRANCH_PROB", "NO_TIME",
-    "FamilyError", "Prompt", "QueryEngine", "QueryError", "RankedDestination", "RttPrediction",
-    "address_warnings", "as_measurements", "build_prompt", "check_families", "concat", "discrete_quantile",
-    "is_public", "load_context", "make_measurements", "parse_ip", "parse_time", "quantile_key", "take",
-]  # fmt: skip
+__all__ = ["QueryEngine"]
 
 _CHUNK = 512  # rows per batched decode call (bounds the KV-cache copy: rows x layers x cache x width)
 
