@@ -476,6 +476,24 @@ def test_field_order_share_keeps_the_rest_in_query_order(rows):
         assert abs(in_query - expected) < 0.05, (share, in_query)
 
 
+def test_last_field_orders_put_one_field_last_as_the_inverse_queries_ask(rows):
+    S, D, T, R = tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME, tokens.FIELD_RESULT
+    allowed = {(D, R, T, S), (S, R, T, D), (S, D, R, T)}  # source, destination or timestamp last
+    cfg = dataclasses.replace(CFG, field_shuffle_share=1.0, field_orders="last_field")
+    toks, sizes, *_ = loader_transforms.sample_rows(rows, np.random.default_rng(3), cfg)
+    seen = set()
+    for ctx in np.split(toks, np.cumsum(sizes)[:-1]):
+        _, has_time, orders = tokens.decode_tokens(ctx)
+        for o, t in zip(orders, has_time, strict=True):
+            got = tuple(int(f) for f in o if t or f != T)  # an untimed measurement has no timestamp field
+            full = [a for a in allowed if tuple(f for f in a if t or f != T) == got]
+            assert full, got
+            seen.update(full)
+    assert seen == allowed  # all three occur, and nothing else
+    with pytest.raises(ValueError, match="field_orders"):
+        dataclasses.replace(CFG, field_orders="random")
+
+
 def test_remapped_sources_keep_a_prefix_and_stay_one_address_per_context(rows):
     keys = [_row_keys(r) for r in rows]
     real = {k[1] for ks in keys for k in ks}

@@ -172,6 +172,16 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("trained_model_last_field", loader={"field_shuffle_share": 0.2, "field_orders": "last_field"},
             train={"steps": 2400, "eval_every": 600},
             note="trained_model, a shuffled measurement puts one field last (3 orders, not 24)"),
+    Variant("trained_model_last_field_no_remap",
+            loader={"field_shuffle_share": 0.2, "field_orders": "last_field", "src_remap_share": 0.0},
+            train={"steps": 2400, "eval_every": 600},
+            note="trained_model_last_field with real sources only"),
+    Variant("trained_model_last_field_remap_0.1",
+            loader={"field_shuffle_share": 0.2, "field_orders": "last_field", "src_remap_share": 0.1},
+            train={"steps": 2400, "eval_every": 600},
+            note="trained_model_last_field with unseen sources in 1 context in 10"),
+    Variant("trained_model_no_remap", loader={"field_shuffle_share": 0.2, "src_remap_share": 0.0},
+            train={"steps": 2400, "eval_every": 600}, note="trained_model with real sources only"),
 ]}  # fmt: skip
 
 
