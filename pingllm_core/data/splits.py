@@ -27,6 +27,11 @@ KEY_COLUMNS = ("event_time", "src_addr", "dst_addr", "ip_version", "rtt")
 MAX_RTT_MS = 600_000.0  # 10 minutes: the parser rejects anything above, so a split never holds more
 
 
+# Rows are written by probe and time, then by target and RTT: a total order (one probe pings many targets in
+# the same second), so the files, the loader's rows and the evaluation's row picks are the same on every run.
+ROW_ORDER = "prb_id, event_time, src_addr, dst_addr, rtt"
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """How the measurement table is sampled and split."""
@@ -120,7 +125,7 @@ def make_sample(measurement_glob: str, out_dir: Path, cfg: SplitConfig) -> Split
             LIMIT {int(cfg.sample_rows)}"""
     )
     path = out_dir / "sample.parquet"
-    _copy_to_parquet(con, "SELECT * FROM labelled ORDER BY prb_id, event_time", path)
+    _copy_to_parquet(con, f"SELECT * FROM labelled ORDER BY {ROW_ORDER}", path)
     return _stats(con, "TRUE")
 
 
@@ -150,7 +155,7 @@ def make_splits(sample_path: Path, out_dir: Path, cfg: SplitConfig) -> SplitSumm
         paths[name] = str(out_dir / f"{name}.parquet")
         _copy_to_parquet(
             con,
-            f"SELECT * FROM labelled WHERE split = '{name}' ORDER BY prb_id, event_time",
+            f"SELECT * FROM labelled WHERE split = '{name}' ORDER BY {ROW_ORDER}",
             Path(paths[name]),
         )
         stats[name] = _stats(con, f"split = '{name}'")
