@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
 #   make demo   create the environment, install, materialize the whole asset graph on the synthetic default
 #   make test   create the environment, install, run the full test suite (what CI runs)
+# (`make test-fast` skips the tests marked slow: a few minutes.)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,7 +24,7 @@ LAPTOP_RANGE ?= 2024-07-01...2024-07-07
 RIPE_SAMPLE_ROOT ?= $(CURDIR)/var/ripe-sample
 RIPE_SAMPLE_PORT ?= 8765
 
-.PHONY: install browser demo laptop ripe-sample test dev mlflow-ui lint clean
+.PHONY: install browser demo laptop ripe-sample test test-fast dev mlflow-ui lint clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,11 +67,16 @@ test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The quick loop: every test but those marked slow (over ~20 s on 2 cores: the end-to-end runs, training).
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
+
 dev: install
 	$(BIN)/dg dev --host $(HOST) --port $(PORT)
 
 mlflow-ui: install
-	@$(BIN)/python -c 'from pingllm_core.tracking_mlflow import experiment_ui_url as url; \
+	@$(BIN)/python -c 'from pingllm_core.model.tracking_mlflow import experiment_ui_url as url; \
 		print("MLflow UI, experiment pingllm:", url("$(DATA_ROOT)", "$(HOST)", $(PORT)))'
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(DATA_ROOT)/mlflow/mlflow.db -h $(HOST) -p $(PORT)
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from pingllm_core.model import Transformer, model_config  # noqa: E402
+from pingllm_core.model.transformer import Transformer, model_config  # noqa: E402
 
 
 def packed_rows(batch: int, seq: int, vocab: int, seed: int, many: int) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ log() { tee -a "$OUT/sweep.log"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | log
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 | log
-$PY -c "from pingllm_core.model import model_config, resolve_attention; print('auto attention:', resolve_attention(model_config('base')))" 2>&1 | log
+$PY -c "from pingllm_core.model.transformer import model_config, resolve_attention; print('auto attention:', resolve_attention(model_config('base')))" 2>&1 | log
 timeout 150 $PY benchmarks/attention_check.py 2>&1 | log
 
 variant() {

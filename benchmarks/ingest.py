@@ -27,7 +27,8 @@ import duckdb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pingllm_core.parse import ParseConfig, parse_files  # noqa: E402
+from pingllm_core.ingest.parse import parse_files
+from pingllm_core.ingest.parse_block import ParseConfig
 
 # One realistic RIPE Atlas ping result per row, built in SQL (vectorised): 3 packets, ~20% IPv6, ~30% of
 # probes behind NAT (private src_addr), ~3% lost packets, RTTs with 6 decimals like firmware 5080.

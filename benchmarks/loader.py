@@ -35,7 +35,8 @@ import grain  # noqa: E402
 import seed_tokenizer  # noqa: E402
 from array_record.python.array_record_module import ArrayRecordWriter  # noqa: E402
 
-from pingllm_core import loader, records, tokens  # noqa: E402
+from pingllm_core.data import loader, records, tokens  # noqa: E402
+from pingllm_core.data.loader_config import LoaderConfig  # noqa: E402
 
 TARGET_TOKENS_PER_S = 600_000  # what one accelerator host must be fed (the study's base model)
 
@@ -81,7 +82,7 @@ def synthetic_split(path: Path, n_meas: int, seed: int = 0) -> None:
     pq.write_table(table, path)
 
 
-def bench_loader(rec_dir: Path, cfg: loader.LoaderConfig, batches: int) -> dict:
+def bench_loader(rec_dir: Path, cfg: LoaderConfig, batches: int) -> dict:
     """Real tokens and token slots per CPU-second of the in-process loader (read, sample, tokenize, pack)."""
     it = loader.make_train_iter(rec_dir, cfg)
     for _ in range(2):  # warm-up: open readers, first allocations
@@ -163,7 +164,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=1000)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--rows-per-group", type=int, default=loader.LoaderConfig.rows_per_group)
+    ap.add_argument("--rows-per-group", type=int, default=LoaderConfig.rows_per_group)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -176,7 +177,7 @@ def main() -> None:
             f"{summary.bytes / summary.measurements:.1f} B/measurement, {summary.seconds:.2f} s "
             f"({summary.measurements / summary.seconds / 1e6:.2f} M measurements/s)"
         )
-        cfg = loader.LoaderConfig(
+        cfg = LoaderConfig(
             seq_len=args.seq_len,
             batch_size=args.batch_size,
             read_threads=0,

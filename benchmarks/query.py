@@ -28,8 +28,8 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from pingllm_core.model import Transformer, count_params, model_config  # noqa: E402
-from pingllm_core.query import QueryEngine  # noqa: E402
+from pingllm_core.model.transformer import Transformer, count_params, model_config  # noqa: E402
+from pingllm_core.query.engine import QueryEngine  # noqa: E402
 
 SRC = "193.0.14.129"
 

@@ -3,7 +3,7 @@
 Per measurement: `ipaddress.ip_address` parsing, `struct.pack` for numbers, Python lists of token ids,
 `random.shuffle` of the field blocks. Contexts are sampled with `random` and padded to seq_len. This is the
 baseline that `benchmarks/loader.py` compares the vectorised loader against; it speaks the same language
-(its output decodes with `pingllm_core.tokens.decode_tokens`).
+(its output decodes with `pingllm_core.data.tokens.decode_tokens`).
 """
 
 from __future__ import annotations

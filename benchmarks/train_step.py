@@ -19,9 +19,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import pingllm_core.model as model_lib  # noqa: E402
-from pingllm_core.model import TIERS, count_params, model_config, resolve_attention  # noqa: E402
-from pingllm_core.step import init_states, lr_schedule, make_mesh, make_train_step, make_tx, put_batch  # noqa: E402
+import pingllm_core.model.transformer as model_lib  # noqa: E402
+from pingllm_core.model.step import init_states, lr_schedule, make_mesh, make_train_step, make_tx, put_batch  # noqa: E402
+from pingllm_core.model.transformer import TIERS, count_params, model_config, resolve_attention  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100 SXM dense bf16 peak per GPU (TFLOP/s)
 

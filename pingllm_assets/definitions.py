@@ -2,7 +2,11 @@
 
 import dagster as dg
 
-from pingllm_assets import distill, evaluation, measurements, poisoning, privacy, raw, records, train
+from pingllm_assets.data import measurements, records
+from pingllm_assets.evaluation import evaluation
+from pingllm_assets.experiments import distill, poisoning, privacy
+from pingllm_assets.ingest import raw
+from pingllm_assets.model import train
 from pingllm_assets.partitions import daily_partitions
 from pingllm_assets.resources import resources_for
 from pingllm_assets.schedules import build_monthly_refresh_schedule, refresh_job

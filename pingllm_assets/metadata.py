@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from pingllm_core.parse import MEASUREMENT_SCHEMA
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
 
 
 def dir_bytes(path: Path) -> int:

@@ -35,9 +35,10 @@ class DataLayout:
         return self.root / "synth" / "ground_truth.npz"
 
     @property
-    def measurements(
-        self,
-    ) -> Path:  # <measurements>/date=<YYYY-MM-DD>/part-<k>.parquet (one part per hourly file)
+    def measurements(self) -> Path:
+        """<measurements>/date=<YYYY-MM-DD>/part-<k>.parquet, k = 0..n-1 over the day's n dump files in hour
+        order (k counts the files present, not the hour: a missing hour shifts the later ones down); a day
+        without dump files is one empty part-0.parquet. See ingest.parse.part_paths."""
         return self.root / "parquet" / "measurements"
 
     @property
@@ -63,6 +64,19 @@ class DataLayout:
     @property
     def evaluation(self) -> Path:  # figures/*.png, metrics.json, report.md
         return self.root / "evaluation"
+
+    @property
+    def privacy(self) -> Path:  # membership_roc.png; mitigation.{md,json}, mitigation_roc.png (DP-SGD)
+        return self.root / "privacy"
+
+    @property
+    def poisoning(self) -> Path:  # metrics.json, probe_scores.csv, poisoning.png
+        # + splits/, records/, checkpoints/: the experiment's own poisoned and cleaned copies
+        return self.root / "poisoning"
+
+    @property
+    def distill(self) -> Path:  # {distilled,scratch}/ (checkpoints), tiers.{png,md,json}
+        return self.root / "distill"
 
     @property
     def catalog(self) -> Path:  # DuckDB: views over the Parquet outputs, parse rejects, eval metrics

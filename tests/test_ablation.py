@@ -1,12 +1,15 @@
 """The ablation script end to end on a small data root: variants train, score on the baselines' rows, and
 the table accumulates across runs."""
 
+import dataclasses
 import json
 
 import pytest
 
-from pingllm_core import ablation, records
-from tests.test_records import make_split
+from pingllm_core.data import records
+from pingllm_core.experiments import ablation
+from pingllm_core.model.recipe import Recipe
+from tests.helpers.splits import make_split
 
 PROBES = [(1, 1, 400), (2, 1, 300), (3, 2, 300), (4, 1, 200)]
 
@@ -31,8 +34,12 @@ def test_variant_configs_apply_the_reference_then_the_change():
     assert model.role_embedding and model.max_len == loader.seq_len
     _, _, tr = ablation.VARIANTS["steps_x2"].configs(ablation.REFERENCE)
     assert tr.steps == 2 * train.steps
+    # The `trained_model` variant is the asset's recipe, but for its progress lines and checkpoints.
+    model, loader, train = ablation.VARIANTS["trained_model"].configs(ablation.REFERENCE)
+    assert (model, loader, dataclasses.replace(train, log_every=120, ckpt_every=600)) == Recipe().configs()
 
 
+@pytest.mark.slow
 def test_runs_variants_and_keeps_earlier_results(data_root, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["--data-root", str(data_root), "--out", str(out), "--rows", "6", "--steps", "3"]

@@ -14,8 +14,14 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pingllm_core.model as model_lib
-from pingllm_core.model import PackedSegments, Transformer, model_config, packed_segments, resolve_attention
+import pingllm_core.model.transformer as model_lib
+from pingllm_core.model.transformer import (
+    PackedSegments,
+    Transformer,
+    model_config,
+    packed_segments,
+    resolve_attention,
+)
 
 
 def _row(lengths: list[int], pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +56,7 @@ rows = st.lists(st.integers(1, 12), min_size=1, max_size=9).flatmap(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(batch=st.lists(rows, min_size=1, max_size=4), slots=st.integers(2, 12))
 def test_packed_description_means_the_model_mask(batch, slots):

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pingllm_core import baselines as bl
-from pingllm_core.metrics import failure_metrics
+from pingllm_core.evaluation import baselines as bl
+from pingllm_core.evaluation.metrics import failure_metrics
 
 T0 = 1_700_000_000  # unix seconds
 

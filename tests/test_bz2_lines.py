@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pingllm_core.bz2_lines as bz2_lines
-import pingllm_core.parse as parse_mod
-from pingllm_core.bz2_lines import Bz2Lines, FastBz2Lines, FastDecodeFailed
-from pingllm_core.parse import MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
+import pingllm_core.ingest.bz2_lines as bz2_lines
+import pingllm_core.ingest.parse as parse_mod
+from pingllm_core.ingest.bz2_lines import Bz2Lines, FastBz2Lines, FastDecodeFailed
+from pingllm_core.ingest.parse import parse_file, parse_files
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA, ParseConfig
 
 
 def _text(blocks) -> bytes:

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pingllm_core import catalog, db
-from pingllm_core.parse import MEASUREMENT_SCHEMA
+from pingllm_core import db
+from pingllm_core.data import catalog
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
 
 
 def measurement_table(n: int, day: dt.date) -> pa.Table:

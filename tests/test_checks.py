@@ -6,16 +6,16 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pingllm_assets.data.measurements import CHECK_PARSED, splits
+from pingllm_assets.data.records import probe_records
 from pingllm_assets.definitions import defs
-from pingllm_assets.evaluation import CHECK_BEATS_GLOBAL
-from pingllm_assets.measurements import CHECK_PARSED, splits
-from pingllm_assets.raw import CHECK_DOWNLOADED
-from pingllm_assets.records import probe_records
+from pingllm_assets.evaluation.evaluation import CHECK_BEATS_GLOBAL
+from pingllm_assets.ingest.raw import CHECK_DOWNLOADED
+from pingllm_assets.model.train import CHECK_LOSS
 from pingllm_assets.resources import resources_for
-from pingllm_assets.train import CHECK_LOSS
-from pingllm_core.parse import MEASUREMENT_SCHEMA
+from pingllm_core.data.splits import CHECK_NAMES
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
 from pingllm_core.settings import ProjectSettings
-from pingllm_core.splits import CHECK_NAMES
 
 
 def specs_by_asset() -> dict[str, dict[str, dg.AssetCheckSpec]]:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from pingllm_core import model_card
-from pingllm_core.cli import EXIT_BAD_INPUT, EXIT_OK, default_checkpoint, main
-from pingllm_core.model import model_config
-from pingllm_core.query import QueryEngine, is_public, parse_ip
-from pingllm_core.tracking import NullTracker
-from pingllm_core.train import TrainConfig, synthetic_batches, train
+from pingllm_core.cli.info import default_checkpoint
+from pingllm_core.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
+from pingllm_core.model import model_card
+from pingllm_core.model.tracking import NullTracker
+from pingllm_core.model.train import TrainConfig, synthetic_batches, train
+from pingllm_core.model.transformer import model_config
+from pingllm_core.query.engine import QueryEngine
+from pingllm_core.query.inputs import is_public, parse_ip
 
 SRC = "193.0.14.129"
 SRC6 = "2001:67c:2e8:22::c100:68b"
@@ -260,6 +262,7 @@ def test_mixed_family_pair_is_answered_only_when_asked(ckpt, capsys):
     assert code == EXIT_OK and "2a01:4f8::1" in out
 
 
+@pytest.mark.slow
 def test_private_addresses_are_warned_about_in_every_command(ckpt, capsys, monkeypatch):
     private = "10.1.2.3"
     monkeypatch.setattr("sys.stdin", io.StringIO("8.8.8.8\n192.168.0.1\n"))
@@ -349,7 +352,7 @@ def test_examples_lists_trained_pairs_by_family(ckpt, capsys):
 
 
 def test_help_documents_every_argument_and_the_context_format(capsys):
-    from pingllm_core.cli import build_parser
+    from pingllm_core.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name, parser in sub.choices.items():
@@ -378,6 +381,7 @@ def test_missing_checkpoint_is_reported(capsys, tmp_path, monkeypatch):
     assert code == EXIT_BAD_INPUT and "does not exist" in err
 
 
+@pytest.mark.e2e
 def test_console_script_reports_a_bad_range_in_one_line():
     script = Path(sys.executable).with_name("pingllm")
     done = subprocess.run(
@@ -387,6 +391,8 @@ def test_console_script_reports_a_bad_range_in_one_line():
     assert done.stderr.count("\n") == 1 and "at or below 0" in done.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_console_script_keeps_compiled_programs_for_the_next_call(ckpt, tmp_path):
     cache = tmp_path / "xla"
     env = {**os.environ, "PINGLLM_COMPILE_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
@@ -394,7 +400,7 @@ def test_console_script_keeps_compiled_programs_for_the_next_call(ckpt, tmp_path
     cmd = [
         sys.executable,
         "-m",
-        "pingllm_core.cli",
+        "pingllm_core.cli.main",
         "predict",
         SRC,
         "8.8.8.8",

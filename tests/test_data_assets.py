@@ -6,12 +6,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from ripe_server import serving
 
-from pingllm_assets.measurements import CHECK_PARSED, measurements
-from pingllm_assets.raw import CHECK_DOWNLOADED, day_status, hour_ranges, raw_ping_dumps
+from pingllm_assets.data.measurements import CHECK_PARSED, measurements
+from pingllm_assets.ingest.raw import CHECK_DOWNLOADED, day_status, hour_ranges, raw_ping_dumps
 from pingllm_assets.resources import resources_for
-from pingllm_core.download import DownloadReport, FileResult
+from pingllm_core.ingest.download import DownloadReport, FileResult
 from pingllm_core.settings import ProjectSettings
 
 RIPE = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
@@ -53,14 +52,15 @@ def test_hours_are_written_as_ranges_and_a_day_status_says_why():
     assert day_status(DownloadReport(DAY, files)).startswith("incomplete: 1 of 3 hours failed")
 
 
-def test_a_download_that_keeps_failing_fails_the_blocking_check_and_the_day_is_recorded(tmp_path):
-    with serving() as srv:
-        srv.files[f"/{DAY}/ping-{DAY}T0000.bz2"] = WEINERAN.read_bytes()
-        srv.statuses[f"/{DAY}/ping-{DAY}T0300.bz2"] = [500] * 10
-        config = {"retries": 2, "backoff_s": 0.01, "retry_budget_s": 5.0}
-        result = _materialize(
-            raw_ping_dumps, tmp_path, {"ops": {"raw_ping_dumps": {"config": config}}}, srv.base_url
-        )
+def test_a_download_that_keeps_failing_fails_the_blocking_check_and_the_day_is_recorded(
+    tmp_path, dump_server
+):
+    dump_server.files[f"/{DAY}/ping-{DAY}T0000.bz2"] = WEINERAN.read_bytes()
+    dump_server.statuses[f"/{DAY}/ping-{DAY}T0300.bz2"] = [500] * 10
+    config = {"retries": 2, "backoff_s": 0.01, "retry_budget_s": 5.0}
+    result = _materialize(
+        raw_ping_dumps, tmp_path, {"ops": {"raw_ping_dumps": {"config": config}}}, dump_server.base_url
+    )
     assert not result.success
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == CHECK_DOWNLOADED and not check.passed
@@ -102,11 +102,10 @@ def test_a_day_never_downloaded_is_a_clear_failure_not_an_empty_day(tmp_path):
 
 
 @pytest.mark.parametrize("hours_on_server", [0, 1])
-def test_a_day_the_server_lacks_is_materialized_empty_with_its_reason(tmp_path, hours_on_server):
-    with serving() as srv:
-        if hours_on_server:
-            srv.files[f"/{DAY}/ping-{DAY}T0700.bz2"] = WEINERAN.read_bytes()
-        raw = _materialize(raw_ping_dumps, tmp_path, base_url=srv.base_url)
+def test_a_day_the_server_lacks_is_materialized_empty_with_its_reason(tmp_path, dump_server, hours_on_server):
+    if hours_on_server:
+        dump_server.files[f"/{DAY}/ping-{DAY}T0700.bz2"] = WEINERAN.read_bytes()
+    raw = _materialize(raw_ping_dumps, tmp_path, base_url=dump_server.base_url)
     assert raw.success
     parsed = _materialize(measurements, tmp_path, {"ops": {"measurements": {"config": {"workers": 1}}}})
     assert parsed.success

@@ -4,15 +4,15 @@ And `dg`, which reads the project from pyproject.toml, launches it."""
 import datetime as dt
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from pingllm_assets.definitions import build_defs
-from pingllm_core.parse import MEASUREMENT_SCHEMA
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
 from pingllm_core.settings import ProjectSettings
 
 DAYS = ["2024-08-30", "2024-08-31", "2024-09-01", "2024-09-02"]
@@ -65,12 +65,11 @@ def test_parquet_assets_declare_the_measurement_columns_with_descriptions():
         assert [c.type for c in schema.columns][:2] == ["timestamp[s, tz=UTC]", "string"]
 
 
-def test_dg_launch_materializes_a_day_from_the_project_without_warnings(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT / "dagster_instance.yaml", home / "dagster.yaml")
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_dg_launch_materializes_a_day_from_the_project_without_warnings(tmp_path, dagster_home):
     env = {k: v for k, v in os.environ.items() if k != "PINGLLM_CONFIG"}
-    env.update(DAGSTER_HOME=str(home), PINGLLM_DATA_ROOT=str(tmp_path / "data"), PINGLLM_SYNTH_PROBES="4",
+    env.update(DAGSTER_HOME=str(dagster_home), PINGLLM_DATA_ROOT=str(tmp_path / "data"), PINGLLM_SYNTH_PROBES="4",
                PINGLLM_START_DAY=DAYS[0], PINGLLM_END_DAY=DAYS[0])  # fmt: skip
     cmd = [
         str(Path(sys.executable).parent / "dg"),

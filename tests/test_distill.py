@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pingllm_core.checkpoint import load_checkpoint
-from pingllm_core.distill import (
+from pingllm_core.evaluation.evaluate import load_split
+from pingllm_core.experiments.distill import (
     TEST_STUDENT,
+    DistillConfig,
     distill,
     distill_loss,
     student_config,
-    tier_table,
 )
-from pingllm_core.evaluate import load_split
-from pingllm_core.model import Transformer, count_params, model_config
-from pingllm_core.query import QueryEngine
-from pingllm_core.train import synthetic_batches
-from tests.test_records import make_split
+from pingllm_core.experiments.distill_tiers import TiersConfig, tier_table
+from pingllm_core.model.checkpoint import load_checkpoint
+from pingllm_core.model.train import synthetic_batches
+from pingllm_core.model.transformer import Transformer, count_params, model_config
+from pingllm_core.query.engine import QueryEngine
+from tests.helpers.splits import make_split
 
 SEQ = 64
 BATCHES = synthetic_batches(8, 4, SEQ, seed=0)
@@ -96,8 +97,8 @@ def test_student_config_maps_tiers():
 def distilled(tmp_path_factory):
     teacher = _sharp_teacher()
     ckpt_dir = tmp_path_factory.mktemp("student")
-    result = distill(teacher, TEACHER_CFG, STUDENT_CFG, _make_iter(), steps=STEPS, lr=1e-2, temperature=1.0,
-                     alpha=1.0, ckpt_dir=ckpt_dir, warmup_steps=2, eval_batches=BATCHES[:2])  # fmt: skip
+    cfg = DistillConfig(steps=STEPS, lr=1e-2, temperature=1.0, alpha=1.0, warmup_steps=2)
+    result = distill(teacher, TEACHER_CFG, STUDENT_CFG, _make_iter(), ckpt_dir, cfg, eval_batches=BATCHES[:2])
     return teacher, result
 
 
@@ -121,21 +122,23 @@ def test_saved_student_loads_and_answers_queries(distilled):
     again = QueryEngine.load(result.checkpoint).predict("193.0.14.129", "8.8.8.8", time=1_700_000_000)
     assert again.median == pred.median
     # Rerunning with the same step count resumes the finished run instead of training again.
-    rerun = distill(None, None, STUDENT_CFG, _make_iter(), STEPS, 1e-2, 1.0, 0.0, result.checkpoint)
+    cfg = DistillConfig(STEPS, 1e-2, 1.0, 0.0)
+    rerun = distill(None, None, STUDENT_CFG, _make_iter(), result.checkpoint, cfg)
     assert rerun.resumed_from == STEPS and rerun.history == []
 
 
 def test_scratch_control_is_cross_entropy_only(tmp_path):
-    result = distill(None, None, STUDENT_CFG, _make_iter(), steps=1, lr=1e-2, temperature=2.0, alpha=0.5,
-                     ckpt_dir=tmp_path, warmup_steps=0)  # fmt: skip
+    cfg = DistillConfig(steps=1, lr=1e-2, temperature=2.0, alpha=0.5, warmup_steps=0)
+    result = distill(None, None, STUDENT_CFG, _make_iter(), tmp_path, cfg)
     assert all(math.isnan(h["kl"]) and h["loss"] == h["ce"] for h in result.history)
-    with pytest.raises(ValueError):
-        distill(None, None, STUDENT_CFG, _make_iter(), 0, 1e-2, 2.0, 0.5, tmp_path / "x")
+    with pytest.raises(ValueError, match="steps > 0"):
+        DistillConfig(0, 1e-2, 2.0, 0.5)
 
 
 # ----------------------------------------------------------------------------------------------- table
 
 
+@pytest.mark.slow
 def test_tier_table_numbers_and_figure(distilled, tmp_path):
     teacher, result = distilled
     student, scfg, _ = load_checkpoint(result.checkpoint)
@@ -158,7 +161,7 @@ def test_tier_table_numbers_and_figure(distilled, tmp_path):
 def test_asset_is_wired_as_described():
     import dagster as dg
 
-    from pingllm_assets.distill import DistilledTiersConfig, distilled_tiers
+    from pingllm_assets.experiments.distill import DistilledTiersConfig, distilled_tiers
 
     key = dg.AssetKey("distilled_tiers")
     assert distilled_tiers.group_names_by_key[key] == "beyond"
@@ -166,3 +169,9 @@ def test_asset_is_wired_as_described():
     assert deps == {dg.AssetKey("trained_model"), dg.AssetKey("probe_records")}
     cfg = DistilledTiersConfig()
     assert dataclasses.asdict(model_config("tiny", **TEST_STUDENT))["d_model"] == cfg.d_model
+    # The asset's config converts to the core one: same-named fields copied, the rest translated.
+    assert cfg.to_core() == TiersConfig(
+        student=TEST_STUDENT, steps=60, n_rows=30, repeats=10, rank_candidates=100
+    )
+    small = DistilledTiersConfig(student_tier="small", seq_len=128, lr=1e-3).to_core()
+    assert (small.student["d_model"], small.seq_len, small.lr) == (model_config("small").d_model, 128, 1e-3)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pingllm_core.download import (
+from pingllm_core.ingest.download import (
     DownloadConfig,
     HostUnreachable,
     RetryBudget,

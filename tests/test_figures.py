@@ -6,7 +6,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from pingllm_core import figures
+from pingllm_core.evaluation import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,15 +10,12 @@ import grain
 import numpy as np
 import pytest
 
-from pingllm_core import loader, loader_transforms, records, tokens
-from pingllm_core.loader_transforms import MODE_FULL, MODE_MIXED, MODE_NONE
+from pingllm_core.data import loader, loader_encode, loader_transforms, records, tokens
+from pingllm_core.data.loader_config import LoaderConfig
+from pingllm_core.data.loader_transforms import MODE_FULL, MODE_MIXED, MODE_NONE
+from tests.helpers.splits import make_split
 
-try:
-    from test_records import make_split
-except ImportError:  # tests collected as a package
-    from tests.test_records import make_split
-
-CFG = loader.LoaderConfig(seq_len=256, batch_size=4, seed=3)
+CFG = LoaderConfig(seq_len=256, batch_size=4, seed=3)
 TIME_TOKENS = (tokens.TIMESTAMP_ABS, tokens.TIMESTAMP_DELTA1, tokens.TIMESTAMP_DELTA4)
 
 
@@ -62,7 +59,7 @@ def _assert_same(a: list[dict], b: list[dict]) -> None:
 def test_each_row_yields_k_contexts(rows):
     assert {r.n for r in rows} >= {1, 5, 40, 300}
     for i, row in enumerate(rows):
-        ctxs = loader.make_contexts(row, np.random.default_rng(i), CFG)
+        ctxs = loader_transforms.make_contexts(row, np.random.default_rng(i), CFG)
         assert len(ctxs) == min(math.ceil(row.n / 30), 16)
         assert all(c.dtype == np.int32 and 0 < len(c) <= CFG.seq_len for c in ctxs)
 
@@ -71,7 +68,7 @@ def test_contexts_hold_whole_measurements_of_their_row(rows):
     rng = np.random.default_rng(0)
     for row in rows:
         keys = _row_keys(row)
-        for ctx in loader.make_contexts(row, rng, CFG):
+        for ctx in loader_transforms.make_contexts(row, rng, CFG):
             m, has_time, order = tokens.decode_tokens(ctx)  # raises if a measurement was cut
             assert len(m) > 0 and ctx[0] == tokens.MEASUREMENT_START
             for i in np.flatnonzero(has_time):
@@ -99,7 +96,7 @@ def test_batched_encoder_matches_the_token_codec_per_context(rows):
     new_context = np.zeros(len(order), bool)
     new_context[np.cumsum([0] + sizes[:-1])] = True
     m = row.measurements(order)
-    got, starts = loader_transforms.encode_contexts(m, has_time, field_order, new_context)
+    got, starts = loader_encode.encode_contexts(m, has_time, field_order, new_context)
     want, want_starts, off = [], [], 0
     for a, b in zip(np.cumsum([0] + sizes[:-1]), np.cumsum(sizes), strict=True):
         t, st = tokens.encode_measurements_with_offsets(
@@ -131,7 +128,7 @@ def test_batched_encoder_matches_the_token_codec_on_random_measurements():
         field_order = rng.permuted(np.tile(np.arange(4, dtype=np.int8), (n, 1)), axis=1)
         bounds = np.cumsum(np.r_[0, sizes])
         new_context = np.isin(np.arange(n), bounds[:-1])
-        got, starts = loader_transforms.encode_contexts(m, has_time, field_order, new_context)
+        got, starts = loader_encode.encode_contexts(m, has_time, field_order, new_context)
         want, want_starts = [], []
         for a, b in itertools.pairwise(bounds.tolist()):
             t, st = tokens.encode_measurements_with_offsets(
@@ -259,7 +256,10 @@ def test_host_shards_partition_the_rows(rec_dir, rows):
 def test_large_rows_fill_the_context(rows):
     big = max(rows, key=lambda r: r.n)
     lens = np.array(
-        [[len(c) for c in loader.make_contexts(big, np.random.default_rng(s), CFG)] for s in range(20)]
+        [
+            [len(c) for c in loader_transforms.make_contexts(big, np.random.default_rng(s), CFG)]
+            for s in range(20)
+        ]
     )
     assert lens.shape == (20, 16)
     # Truncation drops at most one measurement's worth (<= 47 tokens) below seq_len; a window much richer
@@ -307,7 +307,7 @@ def test_mixed_mode_interleaves_untimed_measurements(rows):
     assert len(set(first_untimed)) > 3  # untimed ones land at varied positions, not appended at the end
 
 
-def _check_batch(batch: dict[str, np.ndarray], cfg: loader.LoaderConfig) -> int:
+def _check_batch(batch: dict[str, np.ndarray], cfg: LoaderConfig) -> int:
     toks, seg, pos, w = batch["tokens"], batch["segment_ids"], batch["positions"], batch["weights"]
     assert toks.shape == seg.shape == pos.shape == w.shape == (cfg.batch_size, cfg.seq_len)
     assert toks.dtype == seg.dtype == pos.dtype == np.int32 and w.dtype == np.float32
@@ -474,6 +474,24 @@ def test_field_order_share_keeps_the_rest_in_query_order(rows):
         # a random order of four fields is the query order 1 time in 24, of three (no timestamp) 1 in 6
         expected = (1 - share) + share * np.mean([1 / 24 if t else 1 / 6 for t in timed])
         assert abs(in_query - expected) < 0.05, (share, in_query)
+
+
+def test_last_field_orders_put_one_field_last_as_the_inverse_queries_ask(rows):
+    S, D, T, R = tokens.FIELD_SRC, tokens.FIELD_DST, tokens.FIELD_TIME, tokens.FIELD_RESULT
+    allowed = {(D, R, T, S), (S, R, T, D), (S, D, R, T)}  # source, destination or timestamp last
+    cfg = dataclasses.replace(CFG, field_shuffle_share=1.0, field_orders="last_field")
+    toks, sizes, *_ = loader_transforms.sample_rows(rows, np.random.default_rng(3), cfg)
+    seen = set()
+    for ctx in np.split(toks, np.cumsum(sizes)[:-1]):
+        _, has_time, orders = tokens.decode_tokens(ctx)
+        for o, t in zip(orders, has_time, strict=True):
+            got = tuple(int(f) for f in o if t or f != T)  # an untimed measurement has no timestamp field
+            full = [a for a in allowed if tuple(f for f in a if t or f != T) == got]
+            assert full, got
+            seen.update(full)
+    assert seen == allowed  # all three occur, and nothing else
+    with pytest.raises(ValueError, match="field_orders"):
+        dataclasses.replace(CFG, field_orders="random")
 
 
 def test_remapped_sources_keep_a_prefix_and_stay_one_address_per_context(rows):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pingllm_core import metrics
+from pingllm_core.evaluation import metrics
 
 
 def test_point_metrics_match_hand_computation_and_skip_failed_rows():

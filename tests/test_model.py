@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pingllm_core.model import (
+from pingllm_core.model.transformer import (
     TIERS,
     ModelConfig,
     Transformer,

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pingllm_core import model_card
-from pingllm_core.parse import MEASUREMENT_SCHEMA
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA
+from pingllm_core.model import model_card
 
 T0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
 

@@ -14,9 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pingllm_core.bz2_lines as bz2_lines
-import pingllm_core.parse as parse_mod
-from pingllm_core.parse import MANIFEST_KEYS, MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
+import pingllm_core.ingest.bz2_lines as bz2_lines
+import pingllm_core.ingest.parse_address as parse_address
+import pingllm_core.ingest.parse_block as parse_block
+from pingllm_core.ingest.parse import MANIFEST_KEYS, parse_file, parse_files
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA, ParseConfig
 
 REAL = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -273,7 +275,7 @@ def test_fast_path_agrees_with_the_generic_parser_on_hostile_input(
     tmp_path: Path, valid_json: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     taken = Counter()
-    real = parse_mod.parse_fast
+    real = parse_block.parse_fast
 
     def spy(*args, **kwargs):
         block = real(*args, **kwargs)
@@ -281,7 +283,7 @@ def test_fast_path_agrees_with_the_generic_parser_on_hostile_input(
         taken["slow"] += len(block.slow)
         return block
 
-    monkeypatch.setattr(parse_mod, "parse_fast", spy)
+    monkeypatch.setattr(parse_block, "parse_fast", spy)  # looked up where a block is parsed
     path = _dump(tmp_path, _hostile_lines(random.Random(7 + valid_json), 3000, valid_json))
     for collapse in ("packet", "min", "median"):
         fast, _ = _same_parse(path, collapse=collapse, reject_sample=40)
@@ -340,4 +342,4 @@ def test_ipv6_fast_classification_matches_ipaddress() -> None:
         texts.append(":".join(f"{g:x}" if rng.random() < 0.5 else f"{g:04X}" for g in groups))
         texts.append(str(ipaddress.IPv6Address(":".join(f"{g:x}" for g in groups))))
     for text in texts:
-        assert parse_mod._classify_v6(text) == parse_mod._classify_slow(text), text
+        assert parse_address._classify_v6(text) == parse_address._classify_slow(text), text

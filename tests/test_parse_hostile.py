@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pingllm_core.parse as parse_mod
-from pingllm_core.parse import MEASUREMENT_SCHEMA, ParseConfig, parse_file, parse_files
+import pingllm_core.ingest.parse_block as parse_block
+from pingllm_core.ingest.parse import parse_file, parse_files
+from pingllm_core.ingest.parse_block import MEASUREMENT_SCHEMA, ParseConfig
 
 REAL = Path(__file__).resolve().parent / "data" / "ripe-public"  # public RIPE Atlas samples
 STARLINK = REAL / "starlink" / "2022-12-15" / "ping-2022-12-15T1600.bz2"
@@ -103,6 +104,7 @@ def _every_line_is_rows_or_one_reject(parsed, n_lines: int, n_invalid: int) -> N
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dump=hostile_dump())
+@pytest.mark.slow
 def test_hostile_lines_become_rows_or_one_counted_reject_each(tmp_path: Path, dump) -> None:
     path = _write(tmp_path / "ping-hostile.bz2", [line for line, _ in dump])
     n_invalid = sum(bad for _, bad in dump)
@@ -154,7 +156,7 @@ def test_invalid_utf8_inside_a_json_string_is_one_reject_and_the_next_file_keeps
 def test_an_engine_failure_fails_only_its_file_and_the_next_file_gets_a_fresh_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fast = parse_mod.parse_fast
+    real_fast = parse_block.parse_fast
     broken: list[duckdb.DuckDBPyConnection] = []
 
     def fails_once(con, *args, **kwargs):
@@ -170,7 +172,7 @@ def test_an_engine_failure_fails_only_its_file_and_the_next_file_gets_a_fresh_co
             broken[0].execute("SELECT 1").fetchall()
         return real_fast(con, *args, **kwargs)
 
-    monkeypatch.setattr(parse_mod, "parse_fast", fails_once)
+    monkeypatch.setattr(parse_block, "parse_fast", fails_once)
     first = _write(tmp_path / "ping-a.bz2", [json.dumps(_ping(0)).encode()])
     summary = parse_files([first, STARLINK], tmp_path / "out" / "part-0.parquet", ParseConfig(workers=1))
     assert list(summary.failed) == [str(first)], summary.failed
@@ -181,7 +183,7 @@ def test_an_engine_failure_fails_only_its_file_and_the_next_file_gets_a_fresh_co
 
 _KILLABLE = """
 import sys
-from pingllm_core.parse import ParseConfig, parse_files
+from pingllm_core.ingest.parse import ParseConfig, parse_files
 parse_files(sys.argv[1:-1], sys.argv[-1], ParseConfig(workers=1, block_bytes=1 << 16))
 """
 

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,10 +13,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from graph_assets import GRAPH_ASSETS
 
-from pingllm_assets.evaluation import CHECK_BEATS_GLOBAL, SUMMARY
-from pingllm_core import catalog, db
+from pingllm_assets.evaluation.evaluation import CHECK_BEATS_GLOBAL, SUMMARY
+from pingllm_core import db
+from pingllm_core.data import catalog
+from tests.helpers.dagster_home import make_dagster_home
+from tests.helpers.graph_assets import GRAPH_ASSETS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ASSETS = GRAPH_ASSETS
 PROJECT = Path(__file__).parents[1]
@@ -25,7 +28,6 @@ DAY = "2024-07-01"
 RUN_CONFIG = {
     "ops": {
         "measurement_sample": {"config": {"sample_rows": 60_000}},
-        "splits": {"config": {"sample_rows": 60_000}},
         "trained_model": {
             "config": {"steps": 400, "warmup_steps": 20}  # the demo's recipe, a sixth of its steps
         },
@@ -61,9 +63,7 @@ def _env(root: Path, home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "dagster_instance.yaml", home / "dagster.yaml")
+    home = make_dagster_home(root)
     env = {**os.environ, **_env(root, home)}
     dagster = Path(sys.executable).parent / "dagster"
     cmd = [str(dagster), "asset", "materialize", "-m", "pingllm_assets.definitions", "--select", "*",
@@ -154,7 +154,7 @@ def test_outputs_exist_on_disk(materialized):
 def test_mlflow_run_holds_the_losses_the_loss_figure_and_the_evaluation_table(materialized):
     from mlflow import MlflowClient
 
-    from pingllm_core.tracking_mlflow import EXPERIMENT_KIND, local_tracking_uri
+    from pingllm_core.model.tracking_mlflow import EXPERIMENT_KIND, local_tracking_uri
 
     root, _, _ = materialized
     data = root / "data"
@@ -264,6 +264,7 @@ def _open_markdown(page, key: str):
     return dialog
 
 
+@pytest.mark.browser
 def test_dagster_ui_shows_the_graph_the_summary_the_figures_and_the_check(
     webserver, materialized, monkeypatch
 ):

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pingllm_core import poisoning as P
-from pingllm_core.baselines import address_prefix
+from pingllm_core.evaluation.baselines import address_prefix
+from pingllm_core.experiments import poisoning as P
+from pingllm_core.experiments import poisoning_detect as PD
+from pingllm_core.experiments import poisoning_inject as PI
 
 
 def make_world(n_probes: int = 40, rows_per_pair: int = 6, seed: int = 0, t0: int = 1_720_000_000):
@@ -42,9 +44,9 @@ def make_world(n_probes: int = 40, rows_per_pair: int = 6, seed: int = 0, t0: in
 
 def test_injection_labels_and_rewrites_exactly_what_it_says() -> None:
     clean = make_world()
-    cfg = P.PoisonConfig(liar_share=0.3, inflate_factor=2.0, inflate_offset_ms=30.0, deflate_factor=0.25,
+    cfg = PI.PoisonConfig(liar_share=0.3, inflate_factor=2.0, inflate_offset_ms=30.0, deflate_factor=0.25,
                          fake_dst_share=0.5, sybil_count=4)  # fmt: skip
-    df, truth = P.inject_poison(clean, cfg, seed=3)
+    df, truth = PI.inject_poison(clean, cfg, seed=3)
     lab = truth.labels.set_index("prb_id")["label"]
     counts = truth.counts()
     assert counts == {"honest": 28, "inflate": 4, "deflate": 4, "fake_dst": 4, "sybil": 4}
@@ -72,7 +74,7 @@ def test_injection_labels_and_rewrites_exactly_what_it_says() -> None:
             assert moved.sum() == round(0.5 * len(rows))
             assert (d0[~moved] == d1[~moved]).all() and (r0[~moved] == r1[~moved]).all()
             assert set(address_prefix(d1[moved])) <= set(truth.fake_prefixes)
-            assert not set(address_prefix(d1[moved])) & P._used_prefixes(clean)  # unused prefixes
+            assert not set(address_prefix(d1[moved])) & PI.used_prefixes(clean)  # unused prefixes
             assert np.isin(r1[moved], r0[r0 > 0]).all()  # plausible: the probe's own RTTs
     syb = df.iloc[len(clean) :]
     assert (truth.row_kind[len(clean) :] == "sybil").all()
@@ -81,15 +83,15 @@ def test_injection_labels_and_rewrites_exactly_what_it_says() -> None:
     at = syb[syb.dst_addr == truth.sybil_target]
     assert len(at) > 0 and (at.rtt.between(0.8, 1.2)).all()
     assert (truth.labels.set_index("prb_id").loc[lab[lab == "honest"].index, "rewritten"] == 0).all()
-    again, truth2 = P.inject_poison(clean, cfg, seed=3)
+    again, truth2 = PI.inject_poison(clean, cfg, seed=3)
     pd.testing.assert_frame_equal(df, again)
 
 
 def test_injection_rejects_bad_config() -> None:
     with pytest.raises(ValueError):
-        P.PoisonConfig(kinds=("teleport",))
+        PI.PoisonConfig(kinds=("teleport",))
     with pytest.raises(ValueError):
-        P.PoisonConfig(liar_share=1.5)
+        PI.PoisonConfig(liar_share=1.5)
 
 
 # ------------------------------------------------------------------------------------------ detectors
@@ -97,17 +99,17 @@ def test_injection_rejects_bad_config() -> None:
 
 def test_consistency_ranks_blatant_liars_above_honest_probes() -> None:
     clean = make_world(n_probes=60, seed=1)
-    cfg = P.PoisonConfig(liar_share=0.2, inflate_factor=4.0, inflate_offset_ms=50.0, deflate_factor=0.1,
+    cfg = PI.PoisonConfig(liar_share=0.2, inflate_factor=4.0, inflate_offset_ms=50.0, deflate_factor=0.1,
                          sybil_count=4, sybil_rtt_ms=0.5)  # fmt: skip
-    df, truth = P.inject_poison(clean, cfg, seed=0)
-    cons = P.consistency_scores(df)
+    df, truth = PI.inject_poison(clean, cfg, seed=0)
+    cons = PD.consistency_scores(df)
     assert set(cons.index) == set(truth.labels.prb_id)
-    table = P.detection_table({"consistency": cons["score"]}, truth)["consistency"]
+    table = PD.detection_table({"consistency": cons["score"]}, truth)["consistency"]
     assert table["all"]["roc_auc"] > 0.9
-    for kind in P.LIAR_KINDS:
+    for kind in PI.LIAR_KINDS:
         assert table[kind]["roc_auc"] > 0.85, (kind, table[kind])
     # On honest data nobody stands out much: few triangle failures, no uncorroborated destinations.
-    honest = P.consistency_scores(clean)
+    honest = PD.consistency_scores(clean)
     assert honest["violation_share"].mean() < 0.05
     assert (honest["uncorroborated_share"] == 0).all()
 
@@ -116,7 +118,7 @@ def test_rank_average_and_metrics_by_hand() -> None:
     # Sorted by score (l = liar, h = honest): 0.9 l, 0.8 h, 0.7 l, 0.6 h, 0.5 h, 0.1 l
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.1])
     liar = np.array([1, 0, 1, 0, 0, 1], bool)
-    m = P.detection_metrics(score, liar)
+    m = PD.detection_metrics(score, liar)
     # Liar/honest pairs ranked right: 0.9 beats 3, 0.7 beats 2, 0.1 beats 0 -> 5 of 9.
     assert m["roc_auc"] == pytest.approx(5 / 9)
     # Average precision: precision at each liar = 1/1, 2/3, 3/6 -> mean 13/18.
@@ -124,14 +126,15 @@ def test_rank_average_and_metrics_by_hand() -> None:
     # FPR <= 5% with 3 honest probes means no false positive: only the top liar, TPR 1/3.
     assert m["tpr_at_5pct_fpr"] == pytest.approx(1 / 3)
     assert (m["n_liars"], m["n_honest"]) == (3, 3)
-    assert math.isnan(P.detection_metrics(score, np.ones(6, bool))["roc_auc"])
-    r = P.rank_average({"a": pd.Series([1.0, 2.0, 3.0]), "b": pd.Series([3.0, 2.0, 1.0])})
+    assert math.isnan(PD.detection_metrics(score, np.ones(6, bool))["roc_auc"])
+    r = PD.rank_average({"a": pd.Series([1.0, 2.0, 3.0]), "b": pd.Series([3.0, 2.0, 1.0])})
     np.testing.assert_allclose(r.to_numpy(), [2 / 3, 2 / 3, 2 / 3])
 
 
 # -------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_end_to_end_on_a_small_split(tmp_path: Path) -> None:
     world = make_world(n_probes=24, rows_per_pair=4, seed=2)
     ids = world.prb_id.unique()
@@ -142,11 +145,11 @@ def test_end_to_end_on_a_small_split(tmp_path: Path) -> None:
     world[~held & (world.event_time <= cut)].to_parquet(splits / "train.parquet", index=False)
     world[held].to_parquet(splits / "heldout_probes.parquet", index=False)
     world[~held & (world.event_time > cut)].to_parquet(splits / "future.parquet", index=False)
-    cfg = P.ExperimentConfig(poison=P.PoisonConfig(liar_share=0.25, sybil_count=3), train_steps=3,
+    cfg = P.ExperimentConfig(poison=PI.PoisonConfig(liar_share=0.25, sybil_count=3), train_steps=3,
                              batch_size=2, seq_len=128, eval_batches=1, model_rows=4, nll_contexts=1)  # fmt: skip
     res = P.run_experiment(splits, tmp_path / "out", cfg)
     m = res.metrics
-    for det in P.DETECTORS:
+    for det in PD.DETECTORS:
         v = m["detection"][det]["all"]["roc_auc"]
         assert 0.0 <= v <= 1.0
     for ev in m["prefix_pair_median_rel_p50"].values():

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pingllm_core import privacy, records, tokens
-from pingllm_core.model import Transformer, model_config
-from tests.test_records import make_record_splits
+from pingllm_core.data import records, tokens
+from pingllm_core.evaluation import figures, metrics
+from pingllm_core.experiments import privacy
+from pingllm_core.model.transformer import Transformer, model_config
+from pingllm_core.query.context import FIELD_ORDER
+from tests.helpers.splits import make_record_splits
 
 # ------------------------------------------------------------------------------------- audit metrics
 
@@ -19,7 +22,7 @@ def test_separable_losses_give_auc_one() -> None:
     rng = np.random.default_rng(0)
     members = rng.uniform(0.5, 1.0, 300)
     nonmembers = rng.uniform(2.0, 3.0, 300)
-    res = privacy.membership_audit(members, nonmembers)
+    res = metrics.membership_audit(members, nonmembers)
     assert res["auc"] == pytest.approx(1.0)
     assert res["tpr_at_1pct_fpr"] == pytest.approx(1.0)
     assert res["tpr_at_10pct_fpr"] == pytest.approx(1.0)
@@ -31,7 +34,7 @@ def test_separable_losses_give_auc_one() -> None:
 
 
 def test_reversed_losses_give_auc_zero() -> None:
-    res = privacy.membership_audit(np.array([5.0, 6.0]), np.array([1.0, 2.0]))
+    res = metrics.membership_audit(np.array([5.0, 6.0]), np.array([1.0, 2.0]))
     assert res["auc"] == pytest.approx(0.0)
     assert res["advantage"] == pytest.approx(0.0)  # the "flag nobody" threshold
 
@@ -40,14 +43,14 @@ def test_identical_distributions_give_chance() -> None:
     rng = np.random.default_rng(1)
     members = rng.normal(2.0, 0.3, 4000)
     nonmembers = rng.normal(2.0, 0.3, 4000)
-    res = privacy.membership_audit(members, nonmembers)
+    res = metrics.membership_audit(members, nonmembers)
     assert abs(res["auc"] - 0.5) < 4 * res["auc_se"] + 1e-3
     assert abs(res["auc"] - 0.5) < 0.03
     assert res["tpr_at_1pct_fpr"] < 0.04
     assert abs(res["tpr_at_10pct_fpr"] - 0.10) < 0.04
     assert res["advantage"] < 0.05
     # Exactly equal losses carry no signal at all.
-    same = privacy.membership_audit(np.ones(50), np.ones(50))
+    same = metrics.membership_audit(np.ones(50), np.ones(50))
     assert same["auc"] == pytest.approx(0.5)
     assert same["advantage"] == pytest.approx(0.0)
 
@@ -57,7 +60,7 @@ def test_small_case_by_hand() -> None:
     #   0.1 m, 0.2 m, 0.3 n, 0.4 m, 0.5 n, 0.6 n, 0.7 m, 0.8 n, 0.9 n, 1.0 n
     members = np.array([0.1, 0.2, 0.4, 0.7])
     nonmembers = np.array([0.3, 0.5, 0.6, 0.8, 0.9, 1.0])
-    res = privacy.membership_audit(members, nonmembers)
+    res = metrics.membership_audit(members, nonmembers)
     # Member/non-member pairs ranked right: 0.1 and 0.2 beat all 6, 0.4 beats 5, 0.7 beats 3 -> 20 of 24.
     assert res["auc"] == pytest.approx(20 / 24)
     # FPR <= 10% (< 1 of 6 non-members) allows no false positive: best is t = 0.2, TPR = 2/4.
@@ -72,30 +75,30 @@ def test_small_case_by_hand() -> None:
     assert res["yeom_fpr"] == pytest.approx(1 / 6)
     assert res["fpr_resolution"] == pytest.approx(1 / 6)
     # With a 1-in-4 FPR budget one false positive is allowed: t = 0.4, TPR 3/4.
-    fpr, tpr, thr = privacy.roc_points(members, nonmembers)
-    assert privacy.tpr_at_fpr(fpr, tpr, 0.25) == pytest.approx(0.75)
+    fpr, tpr, thr = metrics.roc_points(members, nonmembers)
+    assert metrics.tpr_at_fpr(fpr, tpr, 0.25) == pytest.approx(0.75)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
 
 
 def test_non_finite_losses_are_dropped_and_empty_input_rejected() -> None:
-    res = privacy.membership_audit(np.array([0.1, np.nan, 0.2]), np.array([1.0, np.inf]))
+    res = metrics.membership_audit(np.array([0.1, np.nan, 0.2]), np.array([1.0, np.inf]))
     assert (res["n_members"], res["n_nonmembers"]) == (2, 1)
     assert res["auc"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least one"):
-        privacy.membership_audit(np.array([np.nan]), np.array([1.0]))
+        metrics.membership_audit(np.array([np.nan]), np.array([1.0]))
 
 
 def test_roc_figure_from_losses(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     m, n = rng.normal(1.8, 0.2, 80), rng.normal(2.0, 0.2, 120)
-    one = privacy.fig_membership_roc(m, n, tmp_path / "one.png")
-    many = privacy.fig_membership_roc(
+    one = figures.fig_membership_roc(m, n, tmp_path / "one.png")
+    many = figures.fig_membership_roc(
         {"probe": m, "dst": m + 0.1}, {"probe": n, "dst": n}, tmp_path / "m.png"
     )
     for p in (one, many):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     with pytest.raises(TypeError):
-        privacy.fig_membership_roc({"a": m}, n, tmp_path / "bad.png")
+        figures.fig_membership_roc({"a": m}, n, tmp_path / "bad.png")
 
 
 # -------------------------------------------------------------------------------------------- end to end
@@ -128,7 +131,7 @@ def test_probe_contexts_are_whole_timestamped_measurements(record_dirs) -> None:
         assert 0 < len(t) <= 200
         m, has_time, order = tokens.decode_tokens(t)
         assert has_time.all() and np.all(np.diff(m.time) >= 0)
-        assert (order == np.array(privacy.FIELD_ORDER)).all()
+        assert (order == np.array(FIELD_ORDER)).all()
         assert len(t) + privacy._MAX_MEAS_TOKENS > 200  # filled as far as whole measurements allow
 
 
@@ -155,9 +158,9 @@ def test_end_to_end_audit_on_tiny_model(record_dirs, tiny_model, tmp_path: Path)
 
     non = privacy.probe_losses(tiny_model, heldout_dir, max_probes=10, contexts_per_probe=3, seq_len=128)
     assert non.shape == (len(NONMEMBERS),) and np.all(np.isfinite(non))
-    res = privacy.membership_audit(table.loss, non)
+    res = metrics.membership_audit(table.loss, non)
     assert 0.0 <= res["auc"] <= 1.0 and 0.0 <= res["advantage"] <= 1.0
-    path = privacy.fig_membership_roc(table.loss, non, tmp_path / "fig" / "membership_roc.png")
+    path = figures.fig_membership_roc(table.loss, non, tmp_path / "fig" / "membership_roc.png")
     assert path.exists() and path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5000
 
 

@@ -12,9 +12,11 @@ import optax
 import pytest
 from flax import nnx
 
-from pingllm_core import privacy, privacy_dp, records, tokens
-from pingllm_core.model import Transformer, model_config
-from tests.test_records import make_record_splits
+from pingllm_core.data import records, tokens
+from pingllm_core.evaluation import figures
+from pingllm_core.experiments import privacy, privacy_dp
+from pingllm_core.model.transformer import Transformer, model_config
+from tests.helpers.splits import make_record_splits
 
 # ------------------------------------------------------------------------------------------ accounting
 
@@ -179,6 +181,7 @@ def test_sampler_draws_each_probe_with_rate_q(record_dirs) -> None:
         source, unit_rows, q=0.25, seq_len=128, seed=0).next_batch()["tokens"])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_before_after_experiment(record_dirs, tmp_path: Path) -> None:
     cfg = privacy_dp.MitigationConfig(n_members=6, expected_batch=3, steps=6, seq_len=128, max_nonmembers=20,
                                       contexts_per_probe=1, noise_multipliers=(1.0,))  # fmt: skip
@@ -199,7 +202,7 @@ def test_before_after_experiment(record_dirs, tmp_path: Path) -> None:
     assert any("DP-SGD sigma=1 C=1: membership AUC" in m for m in logs)
     table = privacy_dp.markdown_table(runs)
     assert table.count("\n") == 2 + len(runs) and "inf (no guarantee)" in table
-    fig = privacy_dp.fig_mitigation(runs, tmp_path / "m.png")
+    fig = figures.fig_mitigation(runs, tmp_path / "m.png")
     assert fig.read_bytes()[:4] == b"\x89PNG" and fig.stat().st_size > 5000
     with pytest.raises(ValueError, match="needs more than"):
         privacy_dp.run_mitigation(record_dirs[0], record_dirs[1], privacy_dp.MitigationConfig(n_members=12))

@@ -5,34 +5,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from pingllm_core import query_rank
-from pingllm_core import tokens as T
-from pingllm_core.model import Transformer, model_config
-from pingllm_core.query import (
-    _ALL_RTT_MS,
-    MAX_RTT_MS,
-    NO_TIME,
-    FamilyError,
-    QueryEngine,
-    QueryError,
-    discrete_quantile,
-    is_public,
-    load_context,
-    make_measurements,
-    parse_ip,
-    parse_time,
-)
-from pingllm_core.query_inverse import (
+from pingllm_core.data import tokens as T
+from pingllm_core.model.transformer import Transformer, model_config
+from pingllm_core.query import rank as query_rank
+from pingllm_core.query.context import NO_TIME, load_context, make_measurements
+from pingllm_core.query.engine import QueryEngine
+from pingllm_core.query.inputs import FamilyError, QueryError, is_public, parse_ip, parse_time
+from pingllm_core.query.inverse import (
     beam_field,
     counterpart,
     likely_destinations,
     likely_timestamp,
     sample_tokens,
+)
+from pingllm_core.query.rtt_codes import (
+    ALL_RTT_MS,
+    MAX_RTT_MS,
+    byte2_probs,
+    discrete_quantile,
+    result_distribution,
+    result_heads,
 )
 
 SRC = "193.0.14.129"
@@ -107,6 +105,28 @@ def test_kv_cache_path_matches_full_forward(engine, timed_context):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-9)
 
 
+def test_decode_logits_equal_the_model_forward(engine, timed_context):
+    # The query decoder writes attention and RoPE for a shared prefix itself (query/decode.py says why): its
+    # log-probs must be the model's own forward pass on the same tokens, for the prompt (prefill) and for
+    # rows continuing a shared prefix (cascade). float32 either way: about 1e-6 apart on CPU.
+    query = make_measurements([T0 + 600], [SRC], ["8.8.8.8"], [12.5])
+    seq = engine.build_prompt(query, True, timed_context, reserve=0, cut=0).tokens.astype(np.int32)
+
+    def forward(tokens):
+        return np.asarray(jax.nn.log_softmax(engine.model(jnp.asarray(tokens[None]))[0]))
+
+    want = forward(seq)
+    logp, _ = engine.prefill_all(seq, extra=0)
+    np.testing.assert_allclose(logp, want, atol=1e-4)
+    split = len(seq) - 2  # the prefix ends with <RttStart>: rows continue with the two RTT bytes
+    assert seq[split - 1] == T.RTT_START
+    _, prefix = engine.prefill(seq[:split], extra=0)
+    other = (T.BYTE0 + np.array([3, 200])).astype(np.int32)  # another RTT in the second row
+    got, _ = engine.cascade(prefix, None, np.zeros(2, np.int32), np.stack([seq[split:], other]))
+    np.testing.assert_allclose(got[0], want[split:], atol=1e-4)
+    np.testing.assert_allclose(got[1], forward(np.concatenate([seq[:split], other]))[split:], atol=1e-4)
+
+
 def test_batched_rank_equals_one_by_one_predict(engine):
     cands = ["9.9.9.9", "8.8.8.8", "2001:4860:4860::8888", "1.1.1.1", "2606:4700:4700::1111", "8.8.4.4"]
     mixed = {"allow_mixed_family": True}  # both families ranked: each on its own prefix
@@ -143,6 +163,7 @@ TRIE_CANDIDATES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timed", [False, True])
 def test_trie_rank_equals_one_by_one_predict(engine, timed_context, monkeypatch, timed):
     # Share three address bytes and cut the candidates into several tries: the shared levels (one token per
@@ -187,11 +208,13 @@ def test_rank_byte2_of_a_bucket_the_device_did_not_expand(engine):
     addr, _ = T.ip_to_bytes(cands)
     stats = query_rank.RankStats()
     consts = (jnp.ones(256, bool), jnp.arange(256, dtype=jnp.int32), jnp.zeros(0, jnp.int32))
-    chunk = query_rank._Chunk(engine, prefix, addr[:, :4], np.array([T.RTT_START], np.int32), consts, stats)
+    chunk = query_rank.Chunk(
+        engine.runner, prefix, addr[:, :4], np.array([T.RTT_START], np.int32), consts, stats
+    )
     chunk.run()
     rows = np.array([0, 1, 1])
     b1 = np.array([(chunk.b1s[0, 0] + 1) % 40, (chunk.b1s[1, 0] + 3) % 40, chunk.b1s[1, 0]])
-    p2 = engine._byte2_probs(chunk.byte2(rows, b1))
+    p2 = byte2_probs(chunk.byte2(rows, b1))
     assert stats.fallback_rows == 2
     for r, b, got in zip(rows, b1, p2, strict=True):
         pred = engine.predict(SRC, cands[r])
@@ -217,15 +240,13 @@ def test_rank_summaries_equal_the_per_row_distribution(engine):
         return np.stack([logp2.setdefault((r, b), rng.normal(size=T.VOCAB_SIZE) * 2)
                          for r, b in zip(rows.tolist(), b1.tolist(), strict=True)])  # fmt: skip
 
-    dists = engine._result_distribution(logp_res, logp1, state, expand, full=False, targets=targets)
-    p_fail, p1, need = engine._result_heads(logp_res, logp1, state, False, targets)
+    dists = result_distribution(logp_res, logp1, state, expand, full=False, targets=targets)
+    p_fail, p1, need = result_heads(logp_res, logp1, state, False, targets)
     rows, b1 = np.nonzero(need)
     assert (np.bincount(rows) > 1).any()
-    median, below = query_rank.summarize(
-        p_fail, p1, need, rows, b1, engine._byte2_probs(expand(rows, b1)), 25.0
-    )
+    median, below = query_rank.summarize(p_fail, p1, need, rows, b1, byte2_probs(expand(rows, b1)), 25.0)
     for i, (pf, codes, probs) in enumerate(dists):
-        values = _ALL_RTT_MS[codes]
+        values = ALL_RTT_MS[codes]
         assert median[i] == discrete_quantile(values, probs, 0.5)
         assert below[i] == pytest.approx((1 - pf) * probs[values <= 25.0].sum(), rel=1e-12)
 
@@ -404,7 +425,7 @@ def test_inverse_queries_answer_public_addresses_in_the_source_family(engine):
 
 
 def test_unspecified_and_private_generated_addresses_are_left_out(engine, monkeypatch):
-    import pingllm_core.query_inverse as inv
+    import pingllm_core.query.inverse as inv
 
     zeros, private, public = (
         [T.BYTE0] * 16,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pingllm_core.query_context import load_context
-from pingllm_core.query_input import (
+from pingllm_core.query.context import load_context
+from pingllm_core.query.inputs import (
     FamilyError,
     QueryError,
     address_warnings,

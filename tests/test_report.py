@@ -5,7 +5,7 @@ import re
 
 import matplotlib.pyplot as plt
 
-from pingllm_core.report import best_baseline, comparison_rows, report_markdown, write_report
+from pingllm_core.evaluation.report import best_baseline, comparison_rows, report_markdown, write_report
 
 METRICS = {
     "splits": {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bz2
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,9 +18,12 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
-from ripe_server import serving
 
-from pingllm_core.parse import parse_file
+from pingllm_core.ingest.parse import parse_file
+from tests.helpers.dagster_home import make_dagster_home
+from tests.helpers.ripe_server import serving
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 RIPE = Path(__file__).resolve().parent / "data" / "ripe-public"
 ASSETS = "raw_ping_dumps,measurements"
@@ -65,9 +67,7 @@ def _materialize(
     root: Path, base_url: str, partition_range: str, raw_config: dict
 ) -> tuple[subprocess.CompletedProcess, float]:
     """`dagster asset materialize` of the raw and measurements assets, in ripe mode, against a temp instance."""
-    home = root / "dagster_home"
-    home.mkdir(exist_ok=True)
-    shutil.copy(Path(__file__).parents[1] / "dagster_instance.yaml", home / "dagster.yaml")
+    home = make_dagster_home(root)
     config = root / "ripe.toml"
     config.write_text(f'source = "ripe"\nstart_day = {START}\nend_day = {END}\n'  # TOML dates, unquoted
                       f'ripe_base_url = "{base_url}"\ndata_root = "{root / "data"}"\n')  # fmt: skip

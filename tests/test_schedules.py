@@ -6,7 +6,6 @@ from dataclasses import replace
 import dagster as dg
 import pytest
 from dagster._core.storage import tags as dagster_tags
-from graph_assets import GRAPH_ASSETS
 
 from pingllm_assets.definitions import defs
 from pingllm_assets.partitions import DAILY
@@ -19,6 +18,7 @@ from pingllm_assets.schedules import (
     previous_month,
     refresh_job,
 )
+from tests.helpers.graph_assets import GRAPH_ASSETS
 
 ALL_ASSETS = set(GRAPH_ASSETS)
 

@@ -86,6 +86,7 @@ def test_a_bad_value_is_one_line_naming_the_key_and_where_it_came_from(
         assert str(cfg) in message
 
 
+@pytest.mark.e2e
 def test_a_bad_settings_file_stops_the_dagster_cli_with_one_line(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('source = "ripe"\nstart_day = "2019-02-30"\n')

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pingllm_core.splits import CHECK_NAMES, SplitConfig, check_splits, make_sample_and_splits
+from pingllm_core.data.splits import CHECK_NAMES, SplitConfig, check_splits, make_sample_and_splits
 
 T0 = 1_719_792_000  # 2024-07-01T00:00:00Z
 
@@ -125,3 +125,30 @@ def test_a_sample_of_two_thirds_of_the_table_or_more_takes_the_whole_table(tmp_p
         table = duckdb.sql(f"SELECT * FROM read_parquet('{glob}') ORDER BY ALL").fetchall()
         assert sample == table
     assert sum(s.rows for s in summary.stats.values()) == summary.sample_rows
+
+
+def test_splits_are_the_same_bytes_whatever_the_threads_when_rows_tie(tmp_path):
+    """Many rows share a probe and a second (one probe pings many targets at once): the files are written in a
+    total order, so the row order (which the loader and the evaluation's row picks follow) is reproducible."""
+    rng = np.random.default_rng(1)
+    n = 200_000
+    prb = rng.integers(1, 20, n).astype(np.int32)
+    table = pa.table({
+        "event_time": pa.array((T0 + rng.integers(0, 100, n)).astype("datetime64[s]"), pa.timestamp("s", tz="UTC")),
+        "src_addr": [f"81.2.0.{p}" for p in prb],
+        "dst_addr": [f"91.3.{i // 250}.{i % 250}" for i in rng.integers(0, 5000, n)],
+        "ip_version": pa.array(np.full(n, 4, np.int8)),
+        "rtt": rng.gamma(2.0, 20.0, n).round(3),
+        "prb_id": prb,
+    })  # fmt: skip
+    (tmp_path / "m").mkdir()
+    for k in range(4):
+        pq.write_table(table.slice(k * n // 4, n // 4), tmp_path / "m" / f"part-{k}.parquet")
+    outs = []
+    for threads in (1, 4):
+        cfg = SplitConfig(sample_rows=150_000, seed=0, threads=threads)
+        make_sample_and_splits(str(tmp_path / "m" / "*.parquet"), tmp_path / f"t{threads}", cfg)
+        outs.append({s: pq.read_table(tmp_path / f"t{threads}" / f"{s}.parquet") for s in
+                     ("sample", "train", "heldout_probes", "future")})  # fmt: skip
+    for name, t in outs[0].items():
+        assert t.num_rows and t.equals(outs[1][name]), name

@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-from pingllm_core.synth import FIBRE_KM_PER_MS, SynthConfig, SyntheticInternet
-from pingllm_core.synth_geo import RESIDENTIAL, ROLE_POPULAR, great_circle_km
+from pingllm_core.ingest.synth import FIBRE_KM_PER_MS, SynthConfig, SyntheticInternet
+from pingllm_core.ingest.synth_geo import RESIDENTIAL, ROLE_POPULAR, great_circle_km
 
 SMALL = SynthConfig(
     seed=7,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pingllm_core import tokens as T
-from pingllm_core.tokens import (
+from pingllm_core.data import tokens as T
+from pingllm_core.data.tokens import (
     BYTE0,
     FIELD_TIME,
     GrammarState,

@@ -3,8 +3,13 @@
 import pandas as pd
 from mlflow import MlflowClient
 
-from pingllm_core.tracking import ListTracker, NullTracker, Tracker
-from pingllm_core.tracking_mlflow import EXPERIMENT_KIND, MlflowTracker, experiment_ui_url, local_tracking_uri
+from pingllm_core.model.tracking import ListTracker, NullTracker, Tracker
+from pingllm_core.model.tracking_mlflow import (
+    EXPERIMENT_KIND,
+    MlflowTracker,
+    experiment_ui_url,
+    local_tracking_uri,
+)
 
 
 def test_list_tracker_keeps_params_metrics_artifacts_tags_and_status(tmp_path):

@@ -1,4 +1,4 @@
-"""Behaviour of the training loop: learning, exact resume, warm start, NaN stop, data parallel, loading."""
+"""Behaviour of the training loop: hook cadence, learning, exact resume, warm start, NaN stop, data parallel, loading."""
 
 import json
 import math
@@ -12,9 +12,11 @@ import grain
 import numpy as np
 import pytest
 
-from pingllm_core.model import forward_jit, model_config
-from pingllm_core.tracking import ListTracker, NullTracker
-from pingllm_core.train import TrainConfig, load_checkpoint, synthetic_batches, train
+from pingllm_core.model.checkpoint import load_checkpoint
+from pingllm_core.model.loop import TrainLoop
+from pingllm_core.model.tracking import ListTracker, NullTracker
+from pingllm_core.model.train import TrainConfig, synthetic_batches, train
+from pingllm_core.model.transformer import forward_jit, model_config
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = model_config("tiny")
@@ -66,6 +68,7 @@ def test_tiny_model_learns_and_starts_at_uniform_loss(tmp_path):
     assert (nll * w).sum() / w.sum() < losses[0] - 1.0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path):
     full = train(CFG, _cfg(), _make_iter(), tmp_path / "a", NullTracker())
 
@@ -107,14 +110,15 @@ def test_nan_loss_stops_with_the_step_and_saves_no_checkpoint(tmp_path):
     assert not (tmp_path / "3").exists()
 
 
+@pytest.mark.slow
 def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
     script = textwrap.dedent(f"""
         import json, sys, grain
         from pathlib import Path
         import jax
-        from pingllm_core.model import model_config
-        from pingllm_core.tracking import NullTracker
-        from pingllm_core.train import TrainConfig, synthetic_batches, train
+        from pingllm_core.model.transformer import model_config
+        from pingllm_core.model.tracking import NullTracker
+        from pingllm_core.model.train import TrainConfig, synthetic_batches, train
         assert len(jax.devices()) == 2, jax.devices()
         batches = synthetic_batches(4, 4, 32)
         make = lambda: iter(grain.MapDataset.source(batches).repeat().to_iter_dataset())
@@ -134,6 +138,36 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
     np.testing.assert_allclose(out["2"], out["1"], rtol=2e-3)
 
 
+def test_loop_runs_hooks_on_their_steps_and_reads_late_only_where_no_state_is_needed():
+    events = []
+
+    def step_fn(state):
+        events.append(("step", state + 1))
+        return state + 1, {"loss": np.float32(0.5), "n": state + 1}
+
+    loop = TrainLoop(step_fn, 7, read_late=True)
+    loop.add_hook(lambda i: events.append(("save", i.step, i.state)), every=3, last=True, state=True)
+    loop.add_hook(lambda i: events.append(("log", i.step, i.state)), every=2, last=True)
+    assert loop.run(1, start=1) == 7 and loop.step == 7
+    # Step s's hooks run after step s+1 is dispatched (state None), except where a state hook is due.
+    assert events == [
+        ("step", 2), ("step", 3), ("log", 2, None), ("save", 3, 3),
+        ("step", 4), ("step", 5), ("log", 4, None),
+        ("step", 6), ("save", 6, 6), ("log", 6, 6),
+        ("step", 7), ("save", 7, 7), ("log", 7, 7),
+    ]  # fmt: skip
+    assert [(s, m["n"]) for s, m in loop.history] == [(s, s) for s in range(2, 8)]
+    # A non-finite loss stops the run before any hook of its step (no checkpoint can persist it).
+    saved = []
+    loop = TrainLoop(
+        lambda s: (s + 1, {"loss": np.nan if s + 1 == 3 else 1.0}), 5, name="x loss", nan_note="!"
+    )
+    loop.add_hook(saved.append, every=1, state=True)
+    with pytest.raises(FloatingPointError, match=r"^x loss is nan at step 3!$"):
+        loop.run(0)
+    assert [i.step for i in saved] == [1, 2]
+
+
 def test_invalid_train_config_is_rejected():
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)
@@ -144,10 +178,10 @@ def test_invalid_train_config_is_rejected():
 def test_rtt_loss_counts_exactly_the_rtt_bytes():
     import jax.numpy as jnp
 
-    from pingllm_core import tokens as T
-    from pingllm_core.evaluate import rtt_marginal_loss
-    from pingllm_core.query_context import FIELD_ORDER, make_measurements
-    from pingllm_core.step import rtt_byte_mask, xent_sums
+    from pingllm_core.data import tokens as T
+    from pingllm_core.evaluation.token_losses import rtt_marginal_loss
+    from pingllm_core.model.step import rtt_byte_mask, xent_sums
+    from pingllm_core.query.context import FIELD_ORDER, make_measurements
 
     m = make_measurements([1_700_000_000, 1_700_000_060, 1_700_000_120], ["192.0.2.1"] * 3,
                           ["198.51.100.7", "2001:db8::1", "198.51.100.7"], [12.5, -1.0, 250.0])  # fmt: skip
@@ -182,8 +216,15 @@ def test_rtt_loss_counts_exactly_the_rtt_bytes():
 def test_rtt_loss_weight_changes_the_update_but_not_the_reported_losses():
     import jax
 
-    from pingllm_core import tokens as T
-    from pingllm_core.step import init_states, lr_schedule, make_mesh, make_train_step, make_tx, put_batch
+    from pingllm_core.data import tokens as T
+    from pingllm_core.model.step import (
+        init_states,
+        lr_schedule,
+        make_mesh,
+        make_train_step,
+        make_tx,
+        put_batch,
+    )
 
     m = T.Measurements.from_strings(np.arange(6) * 60 + 1_700_000_000, ["81.2.69.160"] * 6,
                                     ["8.8.8.8", "9.9.9.9"] * 3, np.array([12.0, 80.0] * 3))  # fmt: skip
@@ -212,9 +253,9 @@ def test_rtt_loss_weight_changes_the_update_but_not_the_reported_losses():
 def test_rtt_byte_losses_split_the_rtt_loss_into_its_two_bytes():
     import jax.numpy as jnp
 
-    from pingllm_core import tokens as T
-    from pingllm_core.evaluate import rtt_byte_losses, rtt_marginal_loss
-    from pingllm_core.query_context import FIELD_ORDER, make_measurements
+    from pingllm_core.data import tokens as T
+    from pingllm_core.evaluation.token_losses import rtt_byte_losses, rtt_marginal_loss
+    from pingllm_core.query.context import FIELD_ORDER, make_measurements
 
     m = make_measurements([1_700_000_000 + 60 * i for i in range(4)], ["192.0.2.1"] * 4,
                           ["198.51.100.7"] * 4, [12.5, 13.0, 250.0, 12.6])  # fmt: skip

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # two training subprocesses: over a minute on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, CKPT_EVERY, HOLD_STEP = 16, 4, 12
@@ -23,9 +26,9 @@ SCRIPT = textwrap.dedent(f"""
     import json, sys, time
     from pathlib import Path
     import grain
-    from pingllm_core.model import model_config
-    from pingllm_core.tracking import NullTracker
-    from pingllm_core.train import TrainConfig, synthetic_batches, train
+    from pingllm_core.model.transformer import model_config
+    from pingllm_core.model.tracking import NullTracker
+    from pingllm_core.model.train import TrainConfig, synthetic_batches, train
 
     ckpt_dir, loss_file, result_file, hold_step = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     batches = synthetic_batches({STEPS}, 4, 64, seed=0)
