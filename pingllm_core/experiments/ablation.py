@@ -183,6 +183,17 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("trained_model_no_remap", loader={"field_shuffle_share": 0.2, "src_remap_share": 0.0},
             train={"steps": 2400, "eval_every": 600}, note="trained_model with real sources only"),
 ]}  # fmt: skip
+# The noise of one run: the recipe and its closest rival again with other seeds (model init and data order).
+for _name in ("trained_model", "trained_model_last_field_remap_0.1"):
+    for _seed in (1, 2):
+        _v = VARIANTS[_name]
+        VARIANTS[f"{_name}_seed{_seed}"] = dataclasses.replace(
+            _v,
+            name=f"{_name}_seed{_seed}",
+            loader=_v.loader | {"seed": _seed},
+            train=_v.train | {"seed": _seed},
+            note=f"{_name}, seed {_seed}",
+        )
 
 
 def _markdown(results: list[dict], baselines: dict) -> str:
