@@ -318,7 +318,8 @@ def test_dagster_ui_shows_the_graph_the_summary_the_figures_and_the_check(
                 expect(dialog).to_have_count(0)
             # The lineage view shows the check's outcome on the evaluation node.
             page.goto(f"{url}/assets/evaluation?view=lineage", wait_until="domcontentloaded")
-            expect(page.get_by_text(f"{int(check_passed)} / 1 Passed")).to_be_visible()
+            # The node's live data (latest event, checks) loads after the graph: seconds on a busy machine.
+            expect(page.get_by_text(f"{int(check_passed)} / 1 Passed")).to_be_visible(timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "ui-evaluation-lineage.png"))
         finally:
             browser.close()
