@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pingllm_core.data import tokens as T
+from pingllm_core.data.pair_recall import N_RECALL, pair_recall
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
 ATTENTION_IMPLS = (None, "xla", "cudnn", "cudnn_packed")
@@ -46,6 +47,13 @@ class ModelConfig:
     # Add a learned embedding of each token's grammar role (`tokens.token_roles`: which field, which byte of
     # it) to the token embedding, so that no layer has to work out that a <Byte70> is an RTT's first byte.
     role_embedding: bool = True
+    # Add a learned embedding of `pair_recall.pair_recall` (at each <RttStart>: the first RTT byte of the last
+    # earlier measurement of the same pair in the context), so the model need not learn to match two
+    # addresses against every earlier measurement to use a pair's own history. False in older checkpoints.
+    pair_recall: bool = False
+    # Share of training <RttStart>s whose pair recall is hidden (set to nothing), so that the model keeps
+    # learning cold answers from the addresses alone: with the recall, most training RTTs are easy copies.
+    recall_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_head", "d_mlp", "max_len"):
@@ -53,6 +61,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.d_head % 2:
             raise ValueError(f"ModelConfig.d_head must be even for RoPE, got {self.d_head}")
+        if not 0.0 <= self.recall_dropout < 1.0:
+            raise ValueError(f"ModelConfig.recall_dropout must be in [0, 1), got {self.recall_dropout}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
         for name in ("dtype", "param_dtype"):
@@ -93,11 +103,23 @@ class ModelConfig:
 TIERS: dict[str, ModelConfig] = {
     # Trains on a laptop CPU in minutes; used by tests and the embedded demo. No dropout: at this size and
     # step budget the model underfits (ablation: held-out RTT loss 4.00 without dropout, 4.06 with 0.1).
-    "tiny": ModelConfig(d_model=64, n_layers=2, n_heads=4, d_head=16, d_mlp=256, dropout=0.0),
+    # Every tier embeds the pair recall, hidden at 30% of training RTTs (docs/ABLATIONS.md, "Pair recall").
+    "tiny": ModelConfig(
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_head=16,
+        d_mlp=256,
+        dropout=0.0,
+        pair_recall=True,
+        recall_dropout=0.3,
+    ),
     # About 10M parameters: a useful model on CPU in hours.
-    "small": ModelConfig(d_model=320, n_layers=10, n_heads=5, d_head=64, d_mlp=1024),
+    "small": ModelConfig(
+        d_model=320, n_layers=10, n_heads=5, d_head=64, d_mlp=1024, pair_recall=True, recall_dropout=0.3
+    ),
     # The study's shape, about 85M parameters.
-    "base": ModelConfig(),
+    "base": ModelConfig(pair_recall=True, recall_dropout=0.3),
 }
 
 
@@ -115,6 +137,7 @@ class KVCache(NamedTuple):
     v: jax.Array  # [N, B, S, H, K] compute dtype
     length: jax.Array  # int32 scalar: number of filled positions
     role: jax.Array | None = None  # int32[B]: grammar role of each row's last token (-1: none yet)
+    tokens: jax.Array | None = None  # int32[B, S]: the cached tokens (the pair recall of new ones reads them)
 
 
 class PackedSegments(NamedTuple):
@@ -338,15 +361,25 @@ class Transformer(nnx.Module):
                       dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
             if cfg.role_embedding else None
         )  # fmt: skip
+        self.recall = (
+            nnx.Embed(N_RECALL, cfg.d_model, embedding_init=nnx.initializers.normal(stddev=0.02),
+                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+            if cfg.pair_recall else None
+        )  # fmt: skip
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = _norm(cfg, rngs)
         self.unembed = None if cfg.tie_embeddings else _linear(cfg.d_model, cfg.vocab_size, cfg, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def embed_tokens(self, tokens_BxL: jax.Array, roles_BxL: jax.Array) -> jax.Array:
-        """Input embeddings [B, L, D]: token, plus grammar role (`tokens.token_roles`) when the config has them."""
+    def embed_tokens(self, tokens_BxL: jax.Array, roles_BxL: jax.Array, recall_BxL: jax.Array | None = None):
+        """Input embeddings [B, L, D]: token, plus grammar role (`tokens.token_roles`) and pair recall
+        (`pair_recall.pair_recall`; None: nothing recalled anywhere) when the config has them."""
         x_BxLxD = self.embed(tokens_BxL)
-        return x_BxLxD if self.roles is None else x_BxLxD + self.roles(roles_BxL)
+        if self.roles is not None:
+            x_BxLxD = x_BxLxD + self.roles(roles_BxL)
+        if self.recall is not None:
+            x_BxLxD = x_BxLxD + self.recall(jnp.zeros_like(tokens_BxL) if recall_BxL is None else recall_BxL)
+        return x_BxLxD
 
     def logits(self, x_BxLxD: jax.Array) -> jax.Array:
         """Logits [B, L, V] float32 of a residual stream: final norm, then the (tied) unembedding."""
@@ -380,8 +413,19 @@ class Transformer(nnx.Module):
         packed = (
             packed_segments(segment_ids_BxL, self.cfg.max_segments) if resolved == "cudnn_packed" else None
         )
-        roles_BxL = T.token_roles(tokens_BxL, jnp, starts_BxL=positions_BxL == 0)
-        x_BxLxD = self.dropout(self.embed_tokens(tokens_BxL, roles_BxL), deterministic=deterministic)
+        starts_BxL = positions_BxL == 0
+        roles_BxL = T.token_roles(tokens_BxL, jnp, starts_BxL=starts_BxL)
+        recall_BxL = None
+        if self.recall is not None:
+            recall_BxL = pair_recall(tokens_BxL, roles_BxL, starts_BxL, jnp)
+            if not deterministic and self.cfg.recall_dropout > 0:
+                rngs = self.dropout.rngs
+                key = rngs["dropout"]() if isinstance(rngs, nnx.Rngs) else rngs()
+                hide = jax.random.bernoulli(key, self.cfg.recall_dropout, recall_BxL.shape)
+                recall_BxL = jnp.where(hide, 0, recall_BxL)
+        x_BxLxD = self.dropout(
+            self.embed_tokens(tokens_BxL, roles_BxL, recall_BxL), deterministic=deterministic
+        )
         for block in self.blocks:
             x_BxLxD = block(
                 x_BxLxD, positions_BxL, mask_Bx1xLxL, deterministic=deterministic, impl=impl, packed=packed
@@ -394,7 +438,11 @@ class Transformer(nnx.Module):
         shape = (self.cfg.n_layers, batch, max_len, self.cfg.n_heads, self.cfg.d_head)
         zeros = jnp.zeros(shape, self.cfg.compute_dtype)
         return KVCache(
-            k=zeros, v=zeros, length=jnp.zeros((), jnp.int32), role=jnp.full((batch,), -1, jnp.int32)
+            k=zeros,
+            v=zeros,
+            length=jnp.zeros((), jnp.int32),
+            role=jnp.full((batch,), -1, jnp.int32),
+            tokens=jnp.zeros((batch, max_len), jnp.int32) if self.recall is not None else None,
         )
 
     def decode(self, tokens_BxT: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
@@ -415,13 +463,19 @@ class Transformer(nnx.Module):
             if cache.role is None
             else T.continue_roles(cache.role, tokens_BxT, jnp)
         )
-        x_BxTxD = self.embed_tokens(tokens_BxT, roles_BxT)
+        history = recall_BxT = None
+        if self.recall is not None and cache.tokens is not None:  # the new tokens after the cached ones
+            history = jax.lax.dynamic_update_slice(cache.tokens, tokens_BxT.astype(jnp.int32), (0, start))
+            recall_BxT = pair_recall(history, T.token_roles(history, jnp), None, jnp, last=t, at=start)
+        x_BxTxD = self.embed_tokens(tokens_BxT, roles_BxT, recall_BxT)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             x_BxTxD, k, v = block.decode(x_BxTxD, positions_BxT, cache.k[i], cache.v[i], start, mask_Bx1xTxS)
             ks.append(k)
             vs.append(v)
-        new_cache = KVCache(k=jnp.stack(ks), v=jnp.stack(vs), length=start + t, role=roles_BxT[:, -1])
+        new_cache = KVCache(
+            k=jnp.stack(ks), v=jnp.stack(vs), length=start + t, role=roles_BxT[:, -1], tokens=history
+        )
         return self.logits(x_BxTxD), new_cache
 
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pingllm_core.data import tokens as T
+from pingllm_core.data.pair_recall import pair_recall
 from pingllm_core.model.transformer import KVCache, rope
 
 _SHORT = 32  # prefix slots, row keys (and half their product with queries) for the [B, T, H, keys] layout
@@ -48,7 +49,9 @@ def extend_jit(graphdef, state, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax
     """Gather cache rows, decode T more tokens; log-probs after the last one and the new cache."""
     model = nnx.merge(graphdef, state)
     role = None if cache.role is None else jnp.take(cache.role, rows_B, axis=0, mode="clip")
-    cache = KVCache(jnp.take(cache.k, rows_B, axis=1), jnp.take(cache.v, rows_B, axis=1), cache.length, role)
+    toks = None if cache.tokens is None else jnp.take(cache.tokens, rows_B, axis=0, mode="clip")
+    cache = KVCache(jnp.take(cache.k, rows_B, axis=1), jnp.take(cache.v, rows_B, axis=1), cache.length, role,
+                    toks)  # fmt: skip
     logits_BxTxV, cache = model.decode(tokens_BxT, cache)
     return jax.nn.log_softmax(logits_BxTxV[:, -1]), cache
 
@@ -192,13 +195,14 @@ def _block(block, x_BxTxD, table, prefix, anc, prev, own_ok_TxJ, n_out: int):
 
 
 def _stack(model, bgraph, blocks: Blocks, tokens_BxT, roles_BxT, pos_1xT, prefix: KVCache, store, anc_BxA,
-           prev, own_ok_TxJ, n_out: int):  # fmt: skip
+           prev, own_ok_TxJ, n_out: int, recall_BxT=None):  # fmt: skip
     """All blocks over T new tokens per row (grammar roles `roles_BxT`, positions `pos_1xT`, the same for every
     row).
 
     Row keys: the shared `prefix` cache (batch 1), ancestors in `store` (keys, values [N, C, H, K]) at store
     indices `anc_BxA`, own tokens decoded before (`prev`: KV pair or None) and these T (mask `own_ok_TxJ`
-    over prev + T). Returns (residual stream of the last n_out positions after the last block or None,
+    over prev + T). `recall_BxT`: the tokens' pair recall (None: nothing recalled, right for tokens with no
+    `<RttStart>`). Returns (residual stream of the last n_out positions after the last block or None,
     keys KV, values KV) of the T tokens.
     """
     cfg = model.cfg
@@ -215,7 +219,7 @@ def _stack(model, bgraph, blocks: Blocks, tokens_BxT, roles_BxT, pos_1xT, prefix
         x, k, v = layer(i, x, None if prev is None else (prev[0].first[i], prev[1].first[i]), t)
         return x, (k, v)
 
-    x = model.embed_tokens(tokens_BxT, roles_BxT)
+    x = model.embed_tokens(tokens_BxT, roles_BxT, recall_BxT)
     if cfg.n_layers > 1:
         x, (ks, vs) = jax.lax.scan(body, x, jnp.arange(cfg.n_layers - 1))
     else:  # a one-block model: nothing to scan
@@ -244,11 +248,16 @@ def _prefill(graphdef, bgraph, state, blocks, tokens_1xL, n, capacity: int) -> t
     causal = jnp.tril(jnp.ones((size, size), bool))
     pos = jnp.arange(size)[None]
     roles = T.token_roles(tokens_1xL, jnp)
-    x, k, v = _stack(model, bgraph, blocks, tokens_1xL, roles, pos, empty, store, anc, None, causal, size)
+    recall = pair_recall(tokens_1xL, roles, None, jnp) if cfg.pair_recall else None
+    x, k, v = _stack(
+        model, bgraph, blocks, tokens_1xL, roles, pos, empty, store, anc, None, causal, size, recall
+    )
     logp_LxV = jax.nn.log_softmax(model.logits(x[0]))
     pad = ((0, 0), (0, 0), (0, capacity - size), (0, 0), (0, 0))
     k, v = (jnp.pad(kv.full(), pad).astype(cfg.compute_dtype) for kv in (k, v))
-    return logp_LxV, KVCache(k, v, jnp.asarray(n, jnp.int32), jax.lax.dynamic_slice(roles[0], (n - 1,), (1,)))
+    toks = jnp.pad(tokens_1xL, ((0, 0), (0, capacity - size))) if cfg.pair_recall else None
+    role = jax.lax.dynamic_slice(roles[0], (n - 1,), (1,))
+    return logp_LxV, KVCache(k, v, jnp.asarray(n, jnp.int32), role, toks)
 
 
 def _cascade(graphdef, bgraph, state, blocks, prefix: KVCache, own_k, own_v, rows_B, tokens_BxT):
@@ -315,10 +324,11 @@ def median_bucket(logp1_Bx256, b1_ok_256, b1_by_lo_256, min_prob: float, eps: fl
     return b1_by_lo_256[jnp.argmax(cdf >= 0.5 - eps, axis=-1)]
 
 
-def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, b1_ok_256,
-          b1_by_lo_256, fixed_b1_E, n_out: int, expand: bool, min_prob: float):  # fmt: skip
+def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, recall_BxT,
+          b1_ok_256, b1_by_lo_256, fixed_b1_E, n_out: int, expand: bool, min_prob: float):  # fmt: skip
     """Rows of T own tokens after the shared prefix and their A ancestors (store indices `anc_BxA`, at
-    positions prefix length + 0..A-1): log-probs at the last `n_out` positions [B, n_out, V].
+    positions prefix length + 0..A-1; `recall_BxT` their pair recall, computed by the host, which knows each
+    row's whole measurement): log-probs at the last `n_out` positions [B, n_out, V].
 
     With `expand`, a second pass decodes RTT byte 2 right after (last token = `<RttStart>`): one row token
     per RTT high byte, the median bucket of the row's byte-1 distribution (`median_bucket`) and then the
@@ -335,7 +345,19 @@ def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, an
         jnp.broadcast_to(T.role_after_bytes(prefix.role, anc_BxA.shape[1], jnp), (b,)), tokens_BxT, jnp
     )
     x, k, v = _stack(
-        model, bgraph, blocks, tokens_BxT, roles, pos_1xT, prefix, store, anc_BxA, None, causal_TxT, n_out
+        model,
+        bgraph,
+        blocks,
+        tokens_BxT,
+        roles,
+        pos_1xT,
+        prefix,
+        store,
+        anc_BxA,
+        None,
+        causal_TxT,
+        n_out,
+        recall_BxT if model.cfg.pair_recall else None,
     )
     logp = jax.nn.log_softmax(model.logits(x))  # the model's own final norm and (tied) unembedding
     if not expand:
@@ -364,7 +386,7 @@ class Decoder:
         self.prefill = jax.jit(bind(_prefill, graphdef, bgraph), static_argnums=4)
         self.cascade = jax.jit(bind(_cascade, graphdef, bgraph))
         self.trie_level = jax.jit(bind(_trie_level, graphdef, bgraph), donate_argnums=(3, 4))
-        self.leaf = jax.jit(bind(_leaf, graphdef, bgraph), static_argnums=(10, 11, 12))
+        self.leaf = jax.jit(bind(_leaf, graphdef, bgraph), static_argnums=(11, 12, 13))
 
 
 @functools.cache
@@ -395,9 +417,9 @@ class Runner:
             self.state, self.blocks, prefix, store_k, store_v, offset, anc_BxA, tokens_BxT
         )
 
-    def leaf(self, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, b1_ok_256, b1_by_lo_256,
+    def leaf(self, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, recall_BxT, b1_ok_256, b1_by_lo_256,
              fixed_b1_E, n_out: int, expand: bool, min_prob: float):  # fmt: skip
-        return self.dec.leaf(self.state, self.blocks, prefix, store_k, store_v, anc_BxA, tokens_BxT,
+        return self.dec.leaf(self.state, self.blocks, prefix, store_k, store_v, anc_BxA, tokens_BxT, recall_BxT,
                              b1_ok_256, b1_by_lo_256, fixed_b1_E, n_out, expand, min_prob)  # fmt: skip
 
     def extend(self, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax.Array, KVCache]:

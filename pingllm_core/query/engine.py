@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from pingllm_core.data import tokens as T
+from pingllm_core.data.pair_recall import recall_after
 from pingllm_core.model import model_card
 from pingllm_core.model.checkpoint import load_checkpoint
 from pingllm_core.model.transformer import KVCache, ModelConfig, Transformer
@@ -123,7 +124,8 @@ class QueryEngine:
     def _trim(cache: KVCache, n: int) -> KVCache:
         """The first slots of a batch-1 cache that hold `n` tokens (every row of a cascade reads all slots)."""
         keep = min(cache.k.shape[2], bucket(n, 8))
-        return KVCache(cache.k[:, :, :keep], cache.v[:, :, :keep], cache.length, cache.role)
+        toks = None if cache.tokens is None else cache.tokens[:, :keep]
+        return KVCache(cache.k[:, :, :keep], cache.v[:, :, :keep], cache.length, cache.role, toks)
 
     def extend(self, cache: KVCache, rows: np.ndarray, tokens_BxT: np.ndarray) -> tuple[np.ndarray, KVCache]:
         """Rows `rows` of `cache` continued by `tokens_BxT` (one call, padded); log-probs after the last token."""
@@ -256,8 +258,19 @@ class QueryEngine:
             tail = np.append(tail, T.RTT_START).astype(np.int32)
             prefix = self._trim(self.prefill(prompt.tokens[:split], extra=0)[1], split)
             report = None if progress is None else functools.partial(_report_ranked, progress, len(idx), fam)
+            own = np.concatenate(
+                [T.BYTE0 + addr[idx, :nbytes].astype(np.int32), np.tile(tail, (len(idx), 1))], 1
+            )
+            recall = recall_after(prompt.tokens[:split], own) if self.cfg.pair_recall else None
             p_fail, median, p_below, stats = rank_family(
-                self.runner, prefix, addr[idx, :nbytes], tail, self.grammar(prompt.tokens), targets, report
+                self.runner,
+                prefix,
+                addr[idx, :nbytes],
+                tail,
+                self.grammar(prompt.tokens),
+                targets,
+                report,
+                recall,
             )
             stats.prefix_tokens = split
             self.last_rank_stats.add(stats)

@@ -168,6 +168,7 @@ def rank_family(
     state: T.GrammarState,
     targets: Sequence[tuple[str, float]],
     progress: Callable[[int], None] | None = None,
+    recall_N: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, RankStats]:
     """(p_fail, median ms, P(success and rtt <= threshold)) per candidate, exact around `targets` (the
     median, and at most one ("t", ms) threshold; the last is NaN without one).
@@ -175,7 +176,8 @@ def rank_family(
     `runner`: the engine's bound decoder; `prefix`: cache of the shared prompt ending with the destination
     marker; `addr_NxL`: the candidates' address bytes, distinct rows; `tail`: the tokens after the address
     (time field, then `<RttStart>`); `state`: grammar state right before the Result field (the same for every
-    candidate).
+    candidate); `recall_N`: each candidate's pair recall at its `<RttStart>` (`pair_recall.recall_after`;
+    None: nothing recalled).
     """
     st = state.copy()
     st.advance(T.RTT_START)
@@ -193,7 +195,9 @@ def rank_family(
     stats = RankStats(candidates=len(addr_NxL))
     for c0 in range(0, len(order), CHUNK):
         rows = order[c0 : c0 + CHUNK]
-        chunk = Chunk(runner, prefix, addr_NxL[rows], tail, consts, stats)
+        chunk = Chunk(
+            runner, prefix, addr_NxL[rows], tail, consts, stats, None if recall_N is None else recall_N[rows]
+        )
         logp_res, logp1 = chunk.run()
         p_fail, p1, need = result_heads(logp_res, logp1, state, False, targets)
         pair_rows, pair_b1 = np.nonzero(need)
@@ -209,8 +213,13 @@ class Chunk:
     """One trie of at most CHUNK candidates: shared levels, then the leaf call with RTT byte 2 for the
     median's (and threshold's) high byte; `byte2` serves any other (row, high byte) by an extra call."""
 
-    def __init__(self, runner: Runner, prefix: KVCache, addr_NxL, tail, consts, stats: RankStats):
+    def __init__(self, runner: Runner, prefix: KVCache, addr_NxL, tail, consts, stats: RankStats,
+                 recall_N: np.ndarray | None = None):  # fmt: skip
         self.runner, self.prefix, self.consts, self.stats = runner, prefix, consts, stats
+        # each row's pair recall at its <RttStart> (None: nothing recalled)
+        self.recall = (
+            np.zeros(len(addr_NxL), np.int32) if recall_N is None else np.asarray(recall_N, np.int32)
+        )
         cfg = runner.cfg
         n = len(addr_NxL)
         node_of = trie_levels(addr_NxL)
@@ -244,9 +253,11 @@ class Chunk:
         self.anc = _ancestors(slots(np.arange(n), len(runs)), n)
         self.toks = np.concatenate([T.BYTE0 + addr_NxL[:, depth:].astype(np.int32), np.tile(tail, (n, 1))], 1)
 
-    def _leaf(self, anc, toks, n_out: int, expand: bool):
+    def _leaf(self, rows_N, toks, n_out: int, expand: bool):
         n, size = len(toks), pad_rows(len(toks))
-        rows = (jnp.asarray(_pad(anc, size)), jnp.asarray(_pad(toks, size)))
+        recall = np.zeros(toks.shape, np.int32)
+        recall[:, self.toks.shape[1] - 1] = self.recall[rows_N]  # at the <RttStart> that ends the tail
+        rows = tuple(jnp.asarray(_pad(a, size)) for a in (self.anc[rows_N], toks, recall))
         res = self.runner.leaf(self.prefix, *self.store, *rows, *self.consts, n_out, expand, MIN_BRANCH_PROB)
         width = toks.shape[1] + (res[1].shape[1] if expand else 0)
         self.stats.token_evals += n * width
@@ -255,7 +266,7 @@ class Chunk:
 
     def run(self) -> tuple[np.ndarray, np.ndarray]:
         """Log-probs at the Result position and after `<RttStart>` [B, V], per candidate."""
-        logp, self.b1s, self.logp2 = self._leaf(self.anc, self.toks, 2, True)
+        logp, self.b1s, self.logp2 = self._leaf(np.arange(len(self.toks)), self.toks, 2, True)
         return logp[:, 0], logp[:, 1]
 
     def byte2(self, rows: np.ndarray, b1: np.ndarray) -> np.ndarray:
@@ -266,6 +277,6 @@ class Chunk:
         miss = np.flatnonzero(~hit.any(axis=1))
         for m in (miss[i : i + CHUNK] for i in range(0, len(miss), CHUNK)):
             toks = np.concatenate([self.toks[rows[m]], T.BYTE0 + b1[m, None].astype(np.int32)], 1)
-            out[m] = self._leaf(self.anc[rows[m]], toks, 1, False)[0][:, 0]
+            out[m] = self._leaf(rows[m], toks, 1, False)[0][:, 0]
         self.stats.fallback_rows += len(miss)
         return out
