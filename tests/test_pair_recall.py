@@ -21,8 +21,8 @@ QUERY_ORDER = [T.FIELD_SRC, T.FIELD_DST, T.FIELD_TIME, T.FIELD_RESULT]
 
 
 def reference(m: T.Measurements, order: np.ndarray, offsets: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """The recall by its definition, one measurement at a time."""
-    out = np.zeros(len(tokens), np.int32)
+    """The recall by its definition, one measurement at a time: [L, 2] (first byte or failed, second byte)."""
+    out = np.zeros((len(tokens), 2), np.int32)
     for i in range(len(m)):
         fields = list(order[i])
         result = fields.index(T.FIELD_RESULT)
@@ -34,7 +34,7 @@ def reference(m: T.Measurements, order: np.ndarray, offsets: np.ndarray, tokens:
             same = (m.src[j] == m.src[i]).all() and (m.dst[j] == m.dst[i]).all()
             if same and m.src_v6[j] == m.src_v6[i] and m.dst_v6[j] == m.dst_v6[i]:
                 code = int(T.encode_rtt_ms(np.array([max(m.rtt[j], 0.0)]))[0])
-                out[at] = RECALL_FAILED if m.rtt[j] < 0 else (code >> 8) + 1
+                out[at] = (RECALL_FAILED, 0) if m.rtt[j] < 0 else ((code >> 8) + 1, (code & 255) + 1)
     return out
 
 
@@ -76,7 +76,7 @@ def test_recall_stops_at_context_starts_and_after_a_shared_prefix():
     rng = np.random.default_rng(3)
     m, order, offsets, tokens = encoded(rng, 24, 0.0)
     want = reference(m, order, offsets, tokens)
-    assert (want > 0).sum() >= 5  # the test means something: some RTTs recall an earlier one
+    assert (want[:, 0] > 0).sum() >= 5  # the test means something: some RTTs recall an earlier one
     # two contexts packed in one row: the second (the same tokens again) recalls nothing from the first
     packed = np.concatenate([tokens, tokens])[None]
     starts = np.zeros_like(packed, bool)
@@ -86,9 +86,9 @@ def test_recall_stops_at_context_starts_and_after_a_shared_prefix():
     # rows after one prefix (ranking): each row's last token, as if the whole sequence were one
     cut = offsets[-1]
     last_rtt = np.flatnonzero(tokens == T.RTT_START)
-    rows = np.stack([tokens[cut : last_rtt[-1] + 1]] * 2) if last_rtt[-1] >= cut else None
-    if rows is not None:
-        np.testing.assert_array_equal(recall_after(tokens[:cut], rows), want[last_rtt[-1]])
+    assert last_rtt[-1] >= cut  # the last measurement has an RTT
+    rows = np.stack([tokens[cut : last_rtt[-1] + 1]] * 2)
+    np.testing.assert_array_equal(recall_after(tokens[:cut], rows), np.stack([want[last_rtt[-1]]] * 2))
 
 
 def loud_engine() -> QueryEngine:
@@ -96,6 +96,7 @@ def loud_engine() -> QueryEngine:
     cfg = model_config("tiny", max_len=128)
     model = Transformer(cfg, rngs=nnx.Rngs(4))
     model.recall.embedding[...] = model.recall.embedding[...] * 100.0
+    model.recall2.embedding[...] = model.recall2.embedding[...] * 100.0
     return QueryEngine(model, cfg)
 
 
@@ -107,7 +108,8 @@ def test_every_decoding_path_sees_the_recall_the_forward_sees():
     query = make_measurements([t0 + 600], ["193.0.14.129"], ["8.8.8.8"], [12.5])
     seq = engine.build_prompt(query, True, ctx, reserve=0, cut=0).tokens.astype(np.int32)
     recall = pair_recall(seq[None], T.token_roles(seq[None]))[0]
-    assert (recall > 0).sum() == 2  # the second 8.8.8.8 of the context and the query
+    assert (recall[:, 0] > 0).sum() == 2  # the second 8.8.8.8 of the context and the query
+    assert (recall[:, 1] > 0).sum() == 2  # and both have a second byte (the recalled RTTs did not fail)
 
     def forward(tokens):
         return np.asarray(jax.nn.log_softmax(engine.model(jnp.asarray(tokens[None]))[0]))
@@ -129,11 +131,12 @@ def test_every_decoding_path_sees_the_recall_the_forward_sees():
         pred = engine.predict("193.0.14.129", d, time=t0 + 600, context=ctx)
         assert np.isclose(ranked[d].median, pred.median, rtol=2e-3)
         assert np.isclose(ranked[d].p_fail, pred.p_fail, rtol=1e-4)
-    # and the recall is what moves the answer: the same tokens with a recall-blind embedding answer otherwise
-    table = engine.model.recall.embedding[...]
-    engine.model.recall.embedding[...] = jnp.broadcast_to(table[:1], table.shape)
-    blind = forward(seq)
-    engine.model.recall.embedding[...] = table
-    moved = np.abs(blind - want).max(axis=1)
-    assert set(np.flatnonzero(moved > 1e-3)) >= set(np.flatnonzero(recall))  # from the first recall on
-    assert moved[np.flatnonzero(recall)].min() > 0.1
+    # and each recalled byte is what moves the answer: the same tokens with a blind embedding answer otherwise
+    at = np.flatnonzero(recall[:, 0])
+    for emb in (engine.model.recall, engine.model.recall2):
+        table = emb.embedding[...]
+        emb.embedding[...] = jnp.broadcast_to(table[:1], table.shape)
+        blind = forward(seq)
+        emb.embedding[...] = table
+        moved = np.abs(blind - want).max(axis=1)
+        assert moved[at].min() > 0.1 and moved[: at[0]].max() < 1e-5  # nothing moves before the first recall

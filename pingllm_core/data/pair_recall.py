@@ -9,8 +9,10 @@ already holds both addresses with what the context last said about that (source,
 model embeds it (`ModelConfig.pair_recall`) beside the token and its grammar role. Like the roles it is a
 causal function of the tokens: the same tokens give the same feature in training, scoring and queries.
 
-Values: 0 = nothing (not an `<RttStart>`, an address missing, or no earlier measurement of the pair in the
-context), 1 + b for an earlier RTT whose first byte is b, `RECALL_FAILED` for an earlier `<Failed>`.
+Two values per token: the first byte, 0 = nothing (not an `<RttStart>`, an address missing, or no earlier
+measurement of the pair in the context), 1 + b for an earlier RTT whose first byte is b, `RECALL_FAILED` for
+an earlier `<Failed>`; and the second byte of that RTT, 1 + b (0 = nothing or failed). The model embeds both
+at the `<RttStart>` only, and reads the second from there when it predicts the RTT's second byte.
 
 Pairs are compared by two 32-bit hashes (source and destination: family marker and bytes, each byte weighted
 by an odd constant of its role), the same in numpy and jax.numpy; a false match needs both to collide.
@@ -22,15 +24,15 @@ import numpy as np
 
 from pingllm_core.data import tokens as T
 
-__all__ = ["N_RECALL", "RECALL_FAILED", "pair_hashes", "pair_recall", "recall_after"]
+__all__ = ["N_RECALL", "N_RECALL2", "RECALL_FAILED", "pair_hashes", "pair_recall", "recall_after"]
 
 RECALL_FAILED = 257
 N_RECALL = 258  # 0 (nothing), 1 + RTT byte 1 (256 values), failed
+N_RECALL2 = 257  # 0 (nothing), 1 + RTT byte 2
 
 _SRC_MARKERS = (T.SRC_IPV4, T.SRC_IPV6)
 _DST_MARKERS = (T.DST_IPV4, T.DST_IPV6)
-# One odd multiplier per grammar role (fixed: checkpoints trained with the feature depend on the hash only
-# through equality, but queries and training must agree).
+# One odd multiplier per grammar role. Only equality of hashes matters, so any fixed constants do.
 _MUL = (np.random.default_rng(20261206).integers(0, 2**31, T.N_ROLES, dtype=np.int64) * 2 + 1).astype(
     np.uint32
 )
@@ -54,29 +56,28 @@ def pair_hashes(tokens_BxL, roles_BxL, starts_BxL, xp=np):
     idx_L = xp.arange(seq)
     begin = (tokens_BxL == T.MEASUREMENT_START) | starts_BxL
     first = _cummax(xp.where(begin, idx_L, 0), xp)  # the measurement's first token
-    value = xp.where(tokens_BxL >= T.BYTE0, tokens_BxL - T.BYTE0 + 1, 0).astype(xp.uint32)  # markers: 0
+    # byte + 1 for a byte token, 0 for a marker
+    value = xp.where(tokens_BxL >= T.BYTE0, tokens_BxL - T.BYTE0 + 1, 0).astype(xp.uint32)
     out = []
     for markers in (_SRC_MARKERS, _DST_MARKERS):
         w, inside = _field_weights(roles_BxL, markers, xp)
-        h = xp.cumsum(value * w + w, axis=-1, dtype=xp.uint32)  # wraps mod 2**32, alike in numpy and jax
-        seen = xp.cumsum(inside.astype(xp.int32), axis=-1)
-        need = xp.cumsum(
-            ((tokens_BxL == markers[0]) * 5 + (tokens_BxL == markers[1]) * 17).astype(xp.int32), axis=-1
-        )
-        before = xp.take_along_axis(h - (value * w + w), first, axis=-1)  # the sums before the measurement
-        seen0 = xp.take_along_axis(seen - inside.astype(xp.int32), first, axis=-1)
-        need0 = xp.take_along_axis(need - ((tokens_BxL == markers[0]) * 5 + (tokens_BxL == markers[1]) * 17),
-                                   first, axis=-1)  # fmt: skip
-        n_seen, n_need = seen - seen0, need - need0
-        out.append((h - before, (n_need > 0) & (n_seen == n_need)))
+        term = value * w + w  # nonzero for every token of the field: (1 + value) * the role's multiplier
+        # Tokens the field holds, counted at its marker (marker and 4 or 16 bytes).
+        size = ((tokens_BxL == markers[0]) * 5 + (tokens_BxL == markers[1]) * 17).astype(xp.int32)
+        inside = inside.astype(xp.int32)
+        # Running sums, minus their value just before the measurement's first token: sums over the measurement.
+        h, seen, need = (xp.cumsum(a, axis=-1, dtype=a.dtype) for a in (term, inside, size))
+        h, seen, need = (a - xp.take_along_axis(a - d, first, axis=-1)
+                         for a, d in ((h, term), (seen, inside), (need, size)))  # fmt: skip
+        out.append((h, (need > 0) & (seen == need)))  # uint32 sums wrap mod 2**32, alike in numpy and jax
     (src, src_ok), (dst, dst_ok) = out
     return src, dst, src_ok & dst_ok
 
 
 def pair_recall(tokens_BxL, roles_BxL, starts_BxL=None, xp=np, last: int | None = None, at=None):
-    """The recall value (see the module docstring) of every token along the last axis of a 2-D batch, or of
-    `last` tokens only ([B, last], from position `at`, which may be traced; None: the last ones): what
-    decoding needs after a cached prefix, without an L x L match.
+    """The recall (see the module docstring) of every token along the last axis of a 2-D batch, int32[B, L, 2]
+    (first byte or failed; second byte), or of `last` tokens only ([B, last, 2], from position `at`, which may
+    be traced; None: the last ones): what decoding needs after a cached prefix, without an L x L match.
 
     `roles_BxL` are `tokens.token_roles` of the same tokens; `starts_BxL` marks where packed contexts begin
     (nothing before a start is recalled across it)."""
@@ -117,13 +118,19 @@ def pair_recall(tokens_BxL, roles_BxL, starts_BxL=None, xp=np, last: int | None 
     )
     q = xp.max(xp.where(match, idx_L[None, None, :], -1), axis=-1)
     found = xp.take_along_axis(value, xp.maximum(q, 0), axis=-1)
-    return xp.where(q >= 0, found, 0).astype(xp.int32)
+    # the RTT's second byte follows its first (a match on <Failed> has none)
+    after = xp.concatenate([tokens_BxL[:, 1:], xp.zeros((b, 1), tokens_BxL.dtype)], axis=-1)
+    second = xp.take_along_axis(after, xp.maximum(q, 0), axis=-1) - T.BYTE0 + 1
+    hit = q >= 0
+    return xp.stack(
+        [xp.where(hit, found, 0), xp.where(hit & (found != RECALL_FAILED), second, 0)], axis=-1
+    ).astype(xp.int32)
 
 
 def recall_after(prefix_L: np.ndarray, rows_NxT: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """int32[N]: the recall of the last token of each row of tokens that follows one shared prefix (the
+    """int32[N, 2]: the recall of the last token of each row of tokens that follows one shared prefix (the
     candidates of a ranking after their common prompt), in chunks of rows."""
-    out = np.zeros(len(rows_NxT), np.int32)
+    out = np.zeros((len(rows_NxT), 2), np.int32)
     for i in range(0, len(rows_NxT), chunk):
         rows = rows_NxT[i : i + chunk]
         full = np.concatenate([np.broadcast_to(prefix_L, (len(rows), len(prefix_L))), rows], axis=1)

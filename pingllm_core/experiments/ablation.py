@@ -182,9 +182,21 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             note="trained_model_last_field with unseen sources in 1 context in 10"),
     Variant("trained_model_no_remap", loader={"field_shuffle_share": 0.2, "src_remap_share": 0.0},
             train={"steps": 2400, "eval_every": 600}, note="trained_model with real sources only"),
+    Variant("trained_model_no_recall", model={"pair_recall": False}, loader={"field_shuffle_share": 0.2},
+            train={"steps": 2400, "eval_every": 600},
+            note="trained_model without the pair recall (the model must find a pair's history itself)"),
+    *[Variant(f"trained_model_recall_dropout_{p}", model={"recall_dropout": p}, loader={"field_shuffle_share": 0.2},
+              train={"steps": 2400, "eval_every": 600},
+              note=f"trained_model, the pair recall hidden at {p:.0%} of training RTTs")
+      for p in (0.0, 0.6)],
 ]}  # fmt: skip
 # The noise of one run: the recipe and its closest rival again with other seeds (model init and data order).
-for _name in ("trained_model", "trained_model_last_field_remap_0.1"):
+for _name in (
+    "trained_model",
+    "trained_model_last_field_remap_0.1",
+    "trained_model_recall_dropout_0.6",
+    "trained_model_no_recall",
+):
     for _seed in (1, 2):
         _v = VARIANTS[_name]
         VARIANTS[f"{_name}_seed{_seed}"] = dataclasses.replace(

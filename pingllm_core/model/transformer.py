@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pingllm_core.data import tokens as T
-from pingllm_core.data.pair_recall import N_RECALL, pair_recall
+from pingllm_core.data.pair_recall import N_RECALL, N_RECALL2, pair_recall
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
 ATTENTION_IMPLS = (None, "xla", "cudnn", "cudnn_packed")
@@ -47,7 +47,7 @@ class ModelConfig:
     # Add a learned embedding of each token's grammar role (`tokens.token_roles`: which field, which byte of
     # it) to the token embedding, so that no layer has to work out that a <Byte70> is an RTT's first byte.
     role_embedding: bool = True
-    # Add a learned embedding of `pair_recall.pair_recall` (at each <RttStart>: the first RTT byte of the last
+    # Add learned embeddings of `pair_recall.pair_recall` (at each <RttStart>: the two RTT bytes of the last
     # earlier measurement of the same pair in the context), so the model need not learn to match two
     # addresses against every earlier measurement to use a pair's own history. False in older checkpoints.
     pair_recall: bool = False
@@ -366,19 +366,28 @@ class Transformer(nnx.Module):
                       dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
             if cfg.pair_recall else None
         )  # fmt: skip
+        self.recall2 = (  # the recalled RTT's second byte
+            nnx.Embed(N_RECALL2, cfg.d_model, embedding_init=nnx.initializers.normal(stddev=0.02),
+                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+            if cfg.pair_recall else None
+        )  # fmt: skip
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = _norm(cfg, rngs)
         self.unembed = None if cfg.tie_embeddings else _linear(cfg.d_model, cfg.vocab_size, cfg, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def embed_tokens(self, tokens_BxL: jax.Array, roles_BxL: jax.Array, recall_BxL: jax.Array | None = None):
+    def embed_tokens(
+        self, tokens_BxL: jax.Array, roles_BxL: jax.Array, recall_BxLx2x2: jax.Array | None = None
+    ):
         """Input embeddings [B, L, D]: token, plus grammar role (`tokens.token_roles`) and pair recall
-        (`pair_recall.pair_recall`; None: nothing recalled anywhere) when the config has them."""
+        (`pair_recall.pair_recall`, both bytes; None: nothing recalled anywhere) when the config has them."""
         x_BxLxD = self.embed(tokens_BxL)
         if self.roles is not None:
             x_BxLxD = x_BxLxD + self.roles(roles_BxL)
         if self.recall is not None:
-            x_BxLxD = x_BxLxD + self.recall(jnp.zeros_like(tokens_BxL) if recall_BxL is None else recall_BxL)
+            if recall_BxLx2x2 is None:
+                recall_BxLx2x2 = jnp.zeros((*tokens_BxL.shape, 2), jnp.int32)
+            x_BxLxD = x_BxLxD + self.recall(recall_BxLx2x2[..., 0]) + self.recall2(recall_BxLx2x2[..., 1])
         return x_BxLxD
 
     def logits(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -415,16 +424,16 @@ class Transformer(nnx.Module):
         )
         starts_BxL = positions_BxL == 0
         roles_BxL = T.token_roles(tokens_BxL, jnp, starts_BxL=starts_BxL)
-        recall_BxL = None
+        recall_BxLx2 = None
         if self.recall is not None:
-            recall_BxL = pair_recall(tokens_BxL, roles_BxL, starts_BxL, jnp)
+            recall_BxLx2 = pair_recall(tokens_BxL, roles_BxL, starts_BxL, jnp)
             if not deterministic and self.cfg.recall_dropout > 0:
                 rngs = self.dropout.rngs
                 key = rngs["dropout"]() if isinstance(rngs, nnx.Rngs) else rngs()
-                hide = jax.random.bernoulli(key, self.cfg.recall_dropout, recall_BxL.shape)
-                recall_BxL = jnp.where(hide, 0, recall_BxL)
+                hide = jax.random.bernoulli(key, self.cfg.recall_dropout, recall_BxLx2.shape[:-1])
+                recall_BxLx2 = jnp.where(hide[..., None], 0, recall_BxLx2)
         x_BxLxD = self.dropout(
-            self.embed_tokens(tokens_BxL, roles_BxL, recall_BxL), deterministic=deterministic
+            self.embed_tokens(tokens_BxL, roles_BxL, recall_BxLx2), deterministic=deterministic
         )
         for block in self.blocks:
             x_BxLxD = block(
@@ -463,11 +472,11 @@ class Transformer(nnx.Module):
             if cache.role is None
             else T.continue_roles(cache.role, tokens_BxT, jnp)
         )
-        history = recall_BxT = None
+        history = recall_BxTx2 = None
         if self.recall is not None and cache.tokens is not None:  # the new tokens after the cached ones
             history = jax.lax.dynamic_update_slice(cache.tokens, tokens_BxT.astype(jnp.int32), (0, start))
-            recall_BxT = pair_recall(history, T.token_roles(history, jnp), None, jnp, last=t, at=start)
-        x_BxTxD = self.embed_tokens(tokens_BxT, roles_BxT, recall_BxT)
+            recall_BxTx2 = pair_recall(history, T.token_roles(history, jnp), None, jnp, last=t, at=start)
+        x_BxTxD = self.embed_tokens(tokens_BxT, roles_BxT, recall_BxTx2)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             x_BxTxD, k, v = block.decode(x_BxTxD, positions_BxT, cache.k[i], cache.v[i], start, mask_Bx1xTxS)

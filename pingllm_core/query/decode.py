@@ -195,13 +195,13 @@ def _block(block, x_BxTxD, table, prefix, anc, prev, own_ok_TxJ, n_out: int):
 
 
 def _stack(model, bgraph, blocks: Blocks, tokens_BxT, roles_BxT, pos_1xT, prefix: KVCache, store, anc_BxA,
-           prev, own_ok_TxJ, n_out: int, recall_BxT=None):  # fmt: skip
+           prev, own_ok_TxJ, n_out: int, recall_BxTx2=None):  # fmt: skip
     """All blocks over T new tokens per row (grammar roles `roles_BxT`, positions `pos_1xT`, the same for every
     row).
 
     Row keys: the shared `prefix` cache (batch 1), ancestors in `store` (keys, values [N, C, H, K]) at store
     indices `anc_BxA`, own tokens decoded before (`prev`: KV pair or None) and these T (mask `own_ok_TxJ`
-    over prev + T). `recall_BxT`: the tokens' pair recall (None: nothing recalled, right for tokens with no
+    over prev + T). `recall_BxTx2`: the tokens' pair recall (None: nothing recalled, right for tokens with no
     `<RttStart>`). Returns (residual stream of the last n_out positions after the last block or None,
     keys KV, values KV) of the T tokens.
     """
@@ -219,7 +219,7 @@ def _stack(model, bgraph, blocks: Blocks, tokens_BxT, roles_BxT, pos_1xT, prefix
         x, k, v = layer(i, x, None if prev is None else (prev[0].first[i], prev[1].first[i]), t)
         return x, (k, v)
 
-    x = model.embed_tokens(tokens_BxT, roles_BxT, recall_BxT)
+    x = model.embed_tokens(tokens_BxT, roles_BxT, recall_BxTx2)
     if cfg.n_layers > 1:
         x, (ks, vs) = jax.lax.scan(body, x, jnp.arange(cfg.n_layers - 1))
     else:  # a one-block model: nothing to scan
@@ -324,11 +324,11 @@ def median_bucket(logp1_Bx256, b1_ok_256, b1_by_lo_256, min_prob: float, eps: fl
     return b1_by_lo_256[jnp.argmax(cdf >= 0.5 - eps, axis=-1)]
 
 
-def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, recall_BxT,
+def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, recall_BxTx2,
           b1_ok_256, b1_by_lo_256, fixed_b1_E, n_out: int, expand: bool, min_prob: float):  # fmt: skip
     """Rows of T own tokens after the shared prefix and their A ancestors (store indices `anc_BxA`, at
-    positions prefix length + 0..A-1; `recall_BxT` their pair recall, computed by the host, which knows each
-    row's whole measurement): log-probs at the last `n_out` positions [B, n_out, V].
+    positions prefix length + 0..A-1; `recall_BxTx2` their pair recall [B, T, 2], computed by the host, which
+    knows each row's whole measurement): log-probs at the last `n_out` positions [B, n_out, V].
 
     With `expand`, a second pass decodes RTT byte 2 right after (last token = `<RttStart>`): one row token
     per RTT high byte, the median bucket of the row's byte-1 distribution (`median_bucket`) and then the
@@ -357,7 +357,7 @@ def _leaf(graphdef, bgraph, state, blocks, prefix: KVCache, store_k, store_v, an
         None,
         causal_TxT,
         n_out,
-        recall_BxT if model.cfg.pair_recall else None,
+        recall_BxTx2 if model.cfg.pair_recall else None,
     )
     logp = jax.nn.log_softmax(model.logits(x))  # the model's own final norm and (tied) unembedding
     if not expand:
@@ -417,9 +417,9 @@ class Runner:
             self.state, self.blocks, prefix, store_k, store_v, offset, anc_BxA, tokens_BxT
         )
 
-    def leaf(self, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, recall_BxT, b1_ok_256, b1_by_lo_256,
+    def leaf(self, prefix: KVCache, store_k, store_v, anc_BxA, tokens_BxT, recall_BxTx2, b1_ok_256, b1_by_lo_256,
              fixed_b1_E, n_out: int, expand: bool, min_prob: float):  # fmt: skip
-        return self.dec.leaf(self.state, self.blocks, prefix, store_k, store_v, anc_BxA, tokens_BxT, recall_BxT,
+        return self.dec.leaf(self.state, self.blocks, prefix, store_k, store_v, anc_BxA, tokens_BxT, recall_BxTx2,
                              b1_ok_256, b1_by_lo_256, fixed_b1_E, n_out, expand, min_prob)  # fmt: skip
 
     def extend(self, cache: KVCache, rows_B, tokens_BxT) -> tuple[jax.Array, KVCache]:

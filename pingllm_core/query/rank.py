@@ -176,7 +176,7 @@ def rank_family(
     `runner`: the engine's bound decoder; `prefix`: cache of the shared prompt ending with the destination
     marker; `addr_NxL`: the candidates' address bytes, distinct rows; `tail`: the tokens after the address
     (time field, then `<RttStart>`); `state`: grammar state right before the Result field (the same for every
-    candidate); `recall_N`: each candidate's pair recall at its `<RttStart>` (`pair_recall.recall_after`;
+    candidate); `recall_N`: each candidate's pair recall [N, 2] at its `<RttStart>` (`pair_recall.recall_after`;
     None: nothing recalled).
     """
     st = state.copy()
@@ -218,7 +218,7 @@ class Chunk:
         self.runner, self.prefix, self.consts, self.stats = runner, prefix, consts, stats
         # each row's pair recall at its <RttStart> (None: nothing recalled)
         self.recall = (
-            np.zeros(len(addr_NxL), np.int32) if recall_N is None else np.asarray(recall_N, np.int32)
+            np.zeros((len(addr_NxL), 2), np.int32) if recall_N is None else np.asarray(recall_N, np.int32)
         )
         cfg = runner.cfg
         n = len(addr_NxL)
@@ -255,7 +255,7 @@ class Chunk:
 
     def _leaf(self, rows_N, toks, n_out: int, expand: bool):
         n, size = len(toks), pad_rows(len(toks))
-        recall = np.zeros(toks.shape, np.int32)
+        recall = np.zeros((*toks.shape, 2), np.int32)
         recall[:, self.toks.shape[1] - 1] = self.recall[rows_N]  # at the <RttStart> that ends the tail
         rows = tuple(jnp.asarray(_pad(a, size)) for a in (self.anc[rows_N], toks, recall))
         res = self.runner.leaf(self.prefix, *self.store, *rows, *self.consts, n_out, expand, MIN_BRANCH_PROB)
