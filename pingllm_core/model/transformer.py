@@ -377,7 +377,7 @@ class Transformer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def embed_tokens(
-        self, tokens_BxL: jax.Array, roles_BxL: jax.Array, recall_BxLx2: jax.Array | None = None
+        self, tokens_BxL: jax.Array, roles_BxL: jax.Array, recall_BxLx2x2: jax.Array | None = None
     ):
         """Input embeddings [B, L, D]: token, plus grammar role (`tokens.token_roles`) and pair recall
         (`pair_recall.pair_recall`, both bytes; None: nothing recalled anywhere) when the config has them."""
@@ -385,10 +385,9 @@ class Transformer(nnx.Module):
         if self.roles is not None:
             x_BxLxD = x_BxLxD + self.roles(roles_BxL)
         if self.recall is not None:
-            if recall_BxLx2 is not None:  # "nothing recalled" (0) adds nothing: no constant offset elsewhere
-                r1, r2 = recall_BxLx2[..., 0], recall_BxLx2[..., 1]
-                x_BxLxD = x_BxLxD + jnp.where((r1 > 0)[..., None], self.recall(r1), 0).astype(x_BxLxD.dtype)
-                x_BxLxD = x_BxLxD + jnp.where((r2 > 0)[..., None], self.recall2(r2), 0).astype(x_BxLxD.dtype)
+            if recall_BxLx2x2 is None:
+                recall_BxLx2x2 = jnp.zeros((*tokens_BxL.shape, 2), jnp.int32)
+            x_BxLxD = x_BxLxD + self.recall(recall_BxLx2x2[..., 0]) + self.recall2(recall_BxLx2x2[..., 1])
         return x_BxLxD
 
     def logits(self, x_BxLxD: jax.Array) -> jax.Array:
