@@ -377,17 +377,22 @@ class Transformer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def embed_tokens(
-        self, tokens_BxL: jax.Array, roles_BxL: jax.Array, recall_BxLx2x2: jax.Array | None = None
+        self, tokens_BxL: jax.Array, roles_BxL: jax.Array, recall_BxLx2: jax.Array | None = None
     ):
         """Input embeddings [B, L, D]: token, plus grammar role (`tokens.token_roles`) and pair recall
-        (`pair_recall.pair_recall`, both bytes; None: nothing recalled anywhere) when the config has them."""
+        (`pair_recall.pair_recall`, both bytes; None: nothing recalled anywhere) when the config has them.
+
+        "Nothing recalled" (0) has learned embeddings of its own, added at every token that recalls nothing. A
+        variant that added nothing there instead learned faster on random tokens but, on the demo, answered
+        unseen probes much worse cold (median relative error 0.592 against 0.358, one run each), so it was
+        dropped."""
         x_BxLxD = self.embed(tokens_BxL)
         if self.roles is not None:
             x_BxLxD = x_BxLxD + self.roles(roles_BxL)
         if self.recall is not None:
-            if recall_BxLx2x2 is None:
-                recall_BxLx2x2 = jnp.zeros((*tokens_BxL.shape, 2), jnp.int32)
-            x_BxLxD = x_BxLxD + self.recall(recall_BxLx2x2[..., 0]) + self.recall2(recall_BxLx2x2[..., 1])
+            if recall_BxLx2 is None:
+                recall_BxLx2 = jnp.zeros((*tokens_BxL.shape, 2), jnp.int32)
+            x_BxLxD = x_BxLxD + self.recall(recall_BxLx2[..., 0]) + self.recall2(recall_BxLx2[..., 1])
         return x_BxLxD
 
     def logits(self, x_BxLxD: jax.Array) -> jax.Array:
