@@ -55,7 +55,7 @@ def pair_hashes(tokens_BxL, roles_BxL, starts_BxL, xp=np):
     seq = tokens_BxL.shape[-1]
     idx_L = xp.arange(seq)
     begin = (tokens_BxL == T.MEASUREMENT_START) | starts_BxL
-    first = _cummax(xp.where(begin, idx_L, 0), xp)  # the measurement's first token
+    first = T.cummax(xp.where(begin, idx_L, 0), xp)  # the measurement's first token
     # byte + 1 for a byte token, 0 for a marker
     value = xp.where(tokens_BxL >= T.BYTE0, tokens_BxL - T.BYTE0 + 1, 0).astype(xp.uint32)
     out = []
@@ -136,14 +136,6 @@ def recall_after(prefix_L: np.ndarray, rows_NxT: np.ndarray, chunk: int = 1024) 
         full = np.concatenate([np.broadcast_to(prefix_L, (len(rows), len(prefix_L))), rows], axis=1)
         out[i : i + chunk] = pair_recall(full, T.token_roles(full), None, np, last=1)[:, 0]
     return out
-
-
-def _cummax(x, xp):
-    if xp is np:
-        return np.maximum.accumulate(x, axis=-1)
-    import jax
-
-    return jax.lax.cummax(x, axis=x.ndim - 1)
 
 
 def _cummin_reverse(x, xp):

@@ -76,7 +76,7 @@ def token_roles(tokens_BxL, xp=np, starts_BxL=None):
     if starts_BxL is not None:
         reset = reset | starts_BxL
     last_BxL = xp.where(reset, idx_L, 0)
-    last_BxL = xp.maximum.accumulate(last_BxL, axis=-1) if xp is np else _cummax(last_BxL)
+    last_BxL = cummax(last_BxL, xp)
     marker_BxL = xp.take_along_axis(tokens_BxL, last_BxL, axis=-1)
     marker_BxL = xp.where(marker_BxL < N_MARKERS, marker_BxL, 0)
     return marker_BxL * ROLE_OFFSETS + xp.minimum(idx_L - last_BxL, ROLE_OFFSETS - 1)
@@ -101,10 +101,13 @@ def continue_roles(prev_role_B, tokens_BxT, xp=np):
     return xp.stack(out, axis=-1) if out else xp.zeros(tokens_BxT.shape, xp.int32)
 
 
-def _cummax(x_BxL):
+def cummax(x, xp=np):
+    """Running maximum along the last axis, in numpy or (traceable) jax.numpy."""
+    if xp is np:
+        return np.maximum.accumulate(x, axis=-1)
     import jax
 
-    return jax.lax.cummax(x_BxL, axis=x_BxL.ndim - 1)
+    return jax.lax.cummax(x, axis=x.ndim - 1)
 
 
 def encode_rtt_ms(rtt_ms: np.ndarray) -> np.ndarray:
